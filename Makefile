@@ -1,0 +1,55 @@
+# Two entry points: `make demo` and `make test`. Both build .venv once and reuse it;
+# stamps are keyed on setup.cfg so an edit to the pins re-runs the install.
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV        := .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+# Horovod must compile against the TensorFlow already in the venv: no build isolation,
+# TensorFlow + Gloo only (no MPI/PyTorch/MXNet on this stack).
+HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+               HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
+HOROVOD_VERSION := 0.28.1
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench sample clean-venv
+
+$(PY):
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=23.2" "setuptools>=68" wheel
+
+$(VENV)/.stamp-deps: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+# pip keeps the built Horovod wheel in its cache, so a second fresh venv skips the compile.
+$(VENV)/.stamp-horovod: $(VENV)/.stamp-deps
+	@if $(PY) -c "import horovod.tensorflow as h; assert h.gloo_built()" 2>/dev/null; then \
+	  echo "horovod already built"; \
+	else \
+	  command -v cmake >/dev/null || $(PIP) install --quiet cmake; \
+	  $(HOROVOD_ENV) $(PIP) install --no-build-isolation "horovod==$(HOROVOD_VERSION)"; \
+	fi
+	$(PY) -c "import horovod.tensorflow as h; assert h.gloo_built(), 'horovod built without Gloo'"
+	touch $@
+
+install: $(VENV)/.stamp-horovod
+
+demo: install
+	$(PY) -m pipelines.demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Unit tests only (no horovodrun, tuning searches or real ML-100K runs).
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PIP) install --quiet -e '.[bench]'
+	$(PY) -m pipelines.benchmark all
+
+sample: install
+	$(PY) -m pipelines.make_sample
+
+clean-venv:
+	rm -rf $(VENV)

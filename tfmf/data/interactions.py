@@ -1,0 +1,361 @@
+"""The interaction container every model reads: contiguous indices plus raw-id mappings.
+
+Indices are assigned by sorting the raw ids (``np.unique``), so the same input always gives the
+same indices, and lookups from raw id to index are a vectorized ``searchsorted``.
+Splits (:mod:`tfmf.data.splits`) keep the parent's id space: a train and a test subset share
+``n_users``/``n_items``, so a model fit on one can score the other.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from tfmf.errors import DataError
+
+DUPLICATE_POLICIES = ("error", "last", "mean")
+
+
+@dataclass
+class InteractionData:
+    """User-item interactions with contiguous int32 indices.
+
+    Attributes:
+      users: int32 [nnz] user indices in ``[0, n_users)``.
+      items: int32 [nnz] item indices in ``[0, n_items)``.
+      values: float32 [nnz] ratings (explicit) or weights/1.0 (implicit).
+      timestamps: int64 [nnz] or None.
+      user_ids: raw user ids, position = index (sorted ascending).
+      item_ids: raw item ids, position = index (sorted ascending).
+      rating_scale: (min, max) of the declared rating scale, or None (implicit data).
+      implicit: True when values are binary/confidence rather than ratings.
+      item_titles: optional str array aligned with item indices (for display).
+      name: dataset name, for reports.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    values: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    timestamps: np.ndarray | None = None
+    rating_scale: tuple[float, float] | None = None
+    implicit: bool = False
+    item_titles: np.ndarray | None = None
+    name: str = ""
+    _user_lookup: dict | None = field(default=None, repr=False, compare=False)
+    _item_lookup: dict | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.users = np.ascontiguousarray(self.users, dtype=np.int32)
+        self.items = np.ascontiguousarray(self.items, dtype=np.int32)
+        self.values = np.ascontiguousarray(self.values, dtype=np.float32)
+        if self.timestamps is not None:
+            self.timestamps = np.ascontiguousarray(self.timestamps, dtype=np.int64)
+        if not (len(self.users) == len(self.items) == len(self.values)):
+            raise ValueError("users, items and values must have the same length")
+        if self.timestamps is not None and len(self.timestamps) != len(self.users):
+            raise ValueError("timestamps must have the same length as users")
+        if self.rating_scale is not None:
+            self.rating_scale = (float(self.rating_scale[0]), float(self.rating_scale[1]))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_raw(
+        cls,
+        raw_users: Sequence[Any] | np.ndarray,
+        raw_items: Sequence[Any] | np.ndarray,
+        values: Sequence[float] | np.ndarray | None = None,
+        timestamps: Sequence[int] | np.ndarray | None = None,
+        *,
+        rating_scale: tuple[float, float] | None = None,
+        implicit: bool | None = None,
+        duplicates: str = "error",
+        item_titles: dict | None = None,
+        name: str = "",
+        source: str | None = None,
+        line_numbers: np.ndarray | None = None,
+    ) -> "InteractionData":
+        """Builds the container from raw ids, assigning sorted contiguous indices.
+
+        Args:
+          raw_users, raw_items: raw ids (ints or strings), one per interaction.
+          values: ratings; None means implicit data (all 1.0).
+          timestamps: optional int64 timestamps.
+          rating_scale: declared (min, max); values outside it are an error.
+          implicit: override; defaults to ``values is None``.
+          duplicates: policy for repeated (user, item) pairs: "error", "last" or "mean".
+          item_titles: optional mapping raw item id -> title.
+          name: dataset name.
+          source: file the rows came from, used in error messages.
+          line_numbers: 1-based file line of each row, used in error messages.
+
+        Returns:
+          An InteractionData.
+
+        Raises:
+          DataError: empty input, NaN/inf or out-of-scale values, duplicates under "error".
+        """
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
+        raw_users = np.asarray(raw_users)
+        raw_items = np.asarray(raw_items)
+        n = len(raw_users)
+        if n == 0:
+            raise DataError("no interactions (empty input)", source)
+
+        def where(i: int) -> int | None:
+            return int(line_numbers[i]) if line_numbers is not None else None
+
+        if values is None:
+            vals = np.ones(n, dtype=np.float32)
+            implicit = True if implicit is None else implicit
+        else:
+            vals = np.asarray(values, dtype=np.float64)
+            implicit = False if implicit is None else implicit
+            bad = np.flatnonzero(~np.isfinite(vals))
+            if len(bad):
+                i = int(bad[0])
+                raise DataError(f"rating is {vals[i]} (NaN/inf); {len(bad)} such row(s)", source, where(i))
+            if rating_scale is not None:
+                lo, hi = rating_scale
+                bad = np.flatnonzero((vals < lo) | (vals > hi))
+                if len(bad):
+                    i = int(bad[0])
+                    raise DataError(
+                        f"rating {vals[i]:g} outside the declared scale [{lo:g}, {hi:g}]; "
+                        f"{len(bad)} such row(s)", source, where(i))
+            vals = vals.astype(np.float32)
+
+        user_ids, users = np.unique(raw_users, return_inverse=True)
+        item_ids, items = np.unique(raw_items, return_inverse=True)
+        if len(user_ids) > np.iinfo(np.int32).max or len(item_ids) > np.iinfo(np.int32).max:
+            raise DataError("more than 2**31-1 distinct users or items", source)
+        ts = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)
+
+        users, items, vals, ts, order = _resolve_duplicates(
+            users.astype(np.int64), items.astype(np.int64), vals, ts, len(item_ids),
+            duplicates, source, line_numbers)
+        titles = None
+        if item_titles:
+            titles = np.array([str(item_titles.get(_py(r), "")) for r in item_ids])
+        return cls(users=users, items=items, values=vals, timestamps=ts, user_ids=user_ids,
+                   item_ids=item_ids, rating_scale=rating_scale, implicit=bool(implicit),
+                   item_titles=titles, name=name)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_users(self) -> int:
+        return int(len(self.user_ids))
+
+    @property
+    def n_items(self) -> int:
+        return int(len(self.item_ids))
+
+    @property
+    def nnz(self) -> int:
+        return int(len(self.values))
+
+    def __len__(self) -> int:
+        return self.nnz
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, self.n_users * self.n_items)
+
+    def summary(self) -> dict:
+        """Counts for `tfmf data inspect`: ratings, users, items, density, rating scale."""
+        active_users = int(np.unique(self.users).size) if self.nnz else 0
+        active_items = int(np.unique(self.items).size) if self.nnz else 0
+        out = {
+            "name": self.name,
+            "ratings": self.nnz,
+            "users": self.n_users,
+            "items": self.n_items,
+            "active_users": active_users,
+            "active_items": active_items,
+            "density": self.density,
+            "implicit": self.implicit,
+            "rating_scale": list(self.rating_scale) if self.rating_scale else None,
+        }
+        if self.nnz:
+            out["rating_min"] = float(self.values.min())
+            out["rating_max"] = float(self.values.max())
+            out["rating_mean"] = float(self.values.mean())
+        if self.timestamps is not None and self.nnz:
+            out["timestamp_min"] = int(self.timestamps.min())
+            out["timestamp_max"] = int(self.timestamps.max())
+        return out
+
+    # ------------------------------------------------------------------ id mapping
+    def user_index(self, raw: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Raw user ids -> int32 indices. Raises KeyError naming the first unknown id."""
+        return _lookup(self.user_ids, raw, "user")
+
+    def item_index(self, raw: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """Raw item ids -> int32 indices. Raises KeyError naming the first unknown id."""
+        return _lookup(self.item_ids, raw, "item")
+
+    # ------------------------------------------------------------------ views
+    def subset(self, selector: np.ndarray) -> "InteractionData":
+        """Rows selected by a boolean mask or index array, in the same id space."""
+        sel = np.asarray(selector)
+        return replace(
+            self,
+            users=self.users[sel], items=self.items[sel], values=self.values[sel],
+            timestamps=None if self.timestamps is None else self.timestamps[sel],
+            _user_lookup=None, _item_lookup=None,
+        )
+
+    def binarize(self, threshold: float | None) -> "InteractionData":
+        """Keeps interactions with value >= threshold as implicit 1.0 (None keeps all)."""
+        keep = np.ones(self.nnz, bool) if threshold is None else self.values >= threshold
+        out = self.subset(keep)
+        out.values = np.ones(out.nnz, np.float32)
+        out.implicit = True
+        out.rating_scale = None
+        return out
+
+    def compact(self, min_user_interactions: int = 0, min_item_interactions: int = 0
+                ) -> "InteractionData":
+        """Drops users/items below the thresholds and re-indexes the rest contiguously.
+
+        Sorted order of raw ids is preserved, so lookups stay valid.
+        """
+        keep = np.ones(self.nnz, bool)
+        if min_user_interactions > 0:
+            counts = np.bincount(self.users, minlength=self.n_users)
+            keep &= counts[self.users] >= min_user_interactions
+        if min_item_interactions > 0:
+            counts = np.bincount(self.items[keep], minlength=self.n_items)
+            keep &= counts[self.items] >= min_item_interactions
+        users_used = np.unique(self.users[keep])
+        items_used = np.unique(self.items[keep])
+        umap = np.full(self.n_users, -1, np.int64)
+        umap[users_used] = np.arange(len(users_used))
+        imap = np.full(self.n_items, -1, np.int64)
+        imap[items_used] = np.arange(len(items_used))
+        return replace(
+            self,
+            users=umap[self.users[keep]], items=imap[self.items[keep]], values=self.values[keep],
+            timestamps=None if self.timestamps is None else self.timestamps[keep],
+            user_ids=self.user_ids[users_used], item_ids=self.item_ids[items_used],
+            item_titles=None if self.item_titles is None else self.item_titles[items_used],
+            _user_lookup=None, _item_lookup=None,
+        )
+
+    def to_csr(self, dtype=np.float32) -> sp.csr_matrix:
+        """scipy CSR [n_users, n_items]; duplicates never occur (resolved at construction)."""
+        m = sp.csr_matrix((self.values.astype(dtype), (self.users, self.items)),
+                          shape=(self.n_users, self.n_items))
+        m.sort_indices()
+        return m
+
+    def to_sparse_tensor(self):
+        """tf.SparseTensor [n_users, n_items] in canonical (row-major) order."""
+        from tfmf.data.sparse import csr_to_sparse_tensor
+
+        return csr_to_sparse_tensor(self.to_csr())
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes a single .npz (atomically: temp file + rename)."""
+        path = os.fspath(path)
+        arrays = {
+            "users": self.users, "items": self.items, "values": self.values,
+            "user_ids": self.user_ids, "item_ids": self.item_ids,
+        }
+        if self.timestamps is not None:
+            arrays["timestamps"] = self.timestamps
+        if self.item_titles is not None:
+            arrays["item_titles"] = self.item_titles
+        meta = {"rating_scale": self.rating_scale, "implicit": self.implicit, "name": self.name}
+        arrays["meta"] = np.array(json.dumps(meta))
+        tmp = path + ".tmp.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "InteractionData":
+        with np.load(os.fspath(path), allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            scale = tuple(meta["rating_scale"]) if meta["rating_scale"] else None
+            return cls(
+                users=z["users"], items=z["items"], values=z["values"],
+                user_ids=z["user_ids"], item_ids=z["item_ids"],
+                timestamps=z["timestamps"] if "timestamps" in z else None,
+                item_titles=z["item_titles"] if "item_titles" in z else None,
+                rating_scale=scale, implicit=meta["implicit"], name=meta["name"],
+            )
+
+    def id_maps(self) -> dict:
+        """Just the raw-id mappings (what an exported model needs)."""
+        return {"user_ids": self.user_ids, "item_ids": self.item_ids,
+                "item_titles": self.item_titles}
+
+
+# ---------------------------------------------------------------------- helpers
+def _py(x: Any) -> Any:
+    return x.item() if hasattr(x, "item") else x
+
+
+def _lookup(sorted_ids: np.ndarray, raw, kind: str) -> np.ndarray:
+    raw = np.asarray(raw)
+    if raw.size == 0:
+        return np.zeros(raw.shape, np.int32)
+    try:
+        raw_cast = raw.astype(sorted_ids.dtype) if sorted_ids.dtype.kind in "iu" and raw.dtype.kind in "iuf" else raw
+        pos = np.searchsorted(sorted_ids, raw_cast)
+    except TypeError:
+        # Mixed kinds (e.g. str ids queried with ints): compare as strings.
+        pos = np.searchsorted(sorted_ids.astype(str), raw.astype(str))
+        raw_cast = raw.astype(str)
+        sorted_ids = sorted_ids.astype(str)
+    pos = np.clip(pos, 0, len(sorted_ids) - 1)
+    ok = sorted_ids[pos] == raw_cast
+    if not np.all(ok):
+        bad = raw.reshape(-1)[np.flatnonzero(~np.asarray(ok).reshape(-1))[0]]
+        raise KeyError(f"unknown {kind} id {_py(bad)!r}")
+    return pos.astype(np.int32)
+
+
+def _resolve_duplicates(users, items, vals, ts, n_items, policy, source, line_numbers):
+    key = users * np.int64(n_items) + items
+    order = np.argsort(key, kind="stable")
+    sk = key[order]
+    dup_mask = np.empty(len(sk), bool)
+    dup_mask[0] = False
+    np.not_equal(sk[1:], sk[:-1], out=dup_mask[1:])
+    is_first = dup_mask
+    is_first[0] = True
+    if is_first.all():
+        return users, items, vals, ts, None
+    if policy == "error":
+        j = int(np.flatnonzero(~is_first)[0])
+        i = int(order[j])
+        n_dup = int((~is_first).sum())
+        line = int(line_numbers[i]) if line_numbers is not None else None
+        first_line = int(line_numbers[order[j - 1]]) if line_numbers is not None else None
+        extra = f" (first seen at line {first_line})" if first_line is not None else ""
+        raise DataError(
+            f"duplicate (user, item) pair{extra}; {n_dup} duplicate row(s). "
+            "Set data.duplicates to 'last' or 'mean' to accept them", source, line)
+    group = np.cumsum(is_first) - 1
+    starts = np.flatnonzero(is_first)
+    if policy == "last":
+        ends = np.append(starts[1:], len(sk)) - 1
+        pick = order[ends]  # stable sort: last in a group is the last occurrence in the file
+        return (users[pick], items[pick], vals[pick], None if ts is None else ts[pick], pick)
+    # mean: average values, keep the latest timestamp
+    sums = np.bincount(group, weights=vals[order].astype(np.float64))
+    counts = np.bincount(group)
+    pick = order[starts]
+    new_ts = None
+    if ts is not None:
+        new_ts = np.full(len(starts), np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(new_ts, group, ts[order])
+    return users[pick], items[pick], (sums / counts).astype(np.float32), new_ts, pick

@@ -1,0 +1,125 @@
+"""Model selection in the style of scikit-learn / Surprise: fit per fold, report the spread."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from tfmf import registry
+from tfmf.evaluation import evaluate
+
+
+@dataclass
+class CVResult:
+    """Per-fold metrics plus their mean/min/max/std.
+
+    Attributes:
+      per_fold: one dict per fold (metrics, ``fit_seconds``, ``fold``).
+    """
+
+    per_fold: list[dict] = field(default_factory=list)
+
+    def metric_names(self) -> list[str]:
+        names: list[str] = []
+        for row in self.per_fold:
+            names += [k for k, v in row.items()
+                      if k not in names and k != "fold" and isinstance(v, (int, float))]
+        return names
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name in self.metric_names():
+            vals = np.array([r[name] for r in self.per_fold if name in r], np.float64)
+            out[name] = {"mean": float(vals.mean()), "min": float(vals.min()),
+                         "max": float(vals.max()), "std": float(vals.std())}
+        return out
+
+    def mean(self, name: str) -> float:
+        return self.summary()[name]["mean"]
+
+    def to_dict(self) -> dict:
+        return {"per_fold": self.per_fold, "summary": self.summary()}
+
+    def table(self) -> str:
+        """A plain-text table: one row per fold, then mean/min/max/std."""
+        names = self.metric_names()
+        header = ["fold"] + names
+        rows = [[str(r.get("fold", i + 1))] + [_fmt(r.get(n)) for n in names]
+                for i, r in enumerate(self.per_fold)]
+        summ = self.summary()
+        for stat in ("mean", "min", "max", "std"):
+            rows.append([stat] + [_fmt(summ[n][stat]) for n in names])
+        widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
+        line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+        return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def build_model(model_name: str, model_config=None):
+    """A fresh, unfitted Recommender from the registry."""
+    cls = registry.get(model_name)
+    return cls(model_config if model_config is not None else cls.config_class())
+
+
+def split_parts(fold) -> tuple[Any, Any]:
+    """(train, test) of a fold given as a tuple or a StrongSplit-like object."""
+    if isinstance(fold, tuple):
+        return fold
+    return fold.train, fold
+
+
+def cross_validate(model_name: str, model_config, folds: Iterable, *, train_config=None,
+                   eval_config=None, run_dir: str | None = None,
+                   evaluate_fn: Callable = evaluate, verbose: bool = True) -> CVResult:
+    """Fits a fresh model on each fold's training part and evaluates it on the held-out part.
+
+    Args:
+      model_name: registry name (e.g. "biased_mf").
+      model_config: the model's Config dataclass instance (None: defaults).
+      folds: (train, test) pairs or StrongSplit objects, e.g. from tfmf.data.splits.
+      train_config: tfmf.config.TrainConfig for gradient/ALS models.
+      eval_config: tfmf.config.EvalConfig.
+      run_dir: if given, each fold trains in ``run_dir/fold_<k>``.
+      evaluate_fn: ``(model, test, eval_config) -> dict``.
+      verbose: print one line per fold.
+
+    Returns:
+      A CVResult with per-fold and summary statistics.
+    """
+    result = CVResult()
+    for k, fold in enumerate(folds, start=1):
+        train, test = split_parts(fold)
+        model = build_model(model_name, model_config)
+        fold_dir = os.path.join(run_dir, f"fold_{k}") if run_dir else None
+        t0 = time.perf_counter()
+        model.fit(train, train_config, run_dir=fold_dir)
+        fit_s = time.perf_counter() - t0
+        metrics = evaluate_fn(model, test, eval_config)
+        row = {"fold": k, **metrics, "fit_seconds": fit_s}
+        result.per_fold.append(row)
+        if verbose:
+            print(f"fold {k}: " + " ".join(f"{m}={v:.4f}" for m, v in row.items()
+                                          if isinstance(v, float)), flush=True)
+    if not result.per_fold:
+        raise ValueError("cross_validate got no folds")
+    return result
+
+
+def with_overrides(config, **changes):
+    """dataclasses.replace that also validates (for tuning and scripts)."""
+    new = dataclasses.replace(config, **changes)
+    if hasattr(new, "validate"):
+        new.validate("model")
+    return new

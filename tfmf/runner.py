@@ -1,0 +1,194 @@
+"""Run workflows shared by the CLI, the demo and tuning: config -> data -> fit -> evaluate -> run dir.
+
+A run directory holds::
+
+    config.yaml        the validated config snapshot (written first)
+    history.csv        per-epoch training history (the Trainer rewrites it atomically)
+    tensorboard/       TensorBoard scalars
+    checkpoints/       training checkpoints (resume)
+    model/             the fitted Recommender (recommender.json written last)
+    ids.npz            raw user/item ids (+ titles) for the model's indices
+    learning_curve.png
+    metrics.json       written LAST and atomically: its presence marks a complete run
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfmf import distributed
+from tfmf.config import RunConfig
+from tfmf.data.interactions import InteractionData
+
+
+@dataclass
+class RunResult:
+    """What a run produced."""
+
+    run_dir: str | None
+    metrics: dict
+    history: list = field(default_factory=list)
+    model: object = None
+
+
+def new_run_dir(cfg: RunConfig) -> str:
+    """``output_dir/run_name`` or ``output_dir/<model>-<source>-<timestamp>``."""
+    name = cfg.run_name
+    if not name:
+        src = os.path.splitext(os.path.basename(cfg.data.source))[0]
+        name = f"{cfg.model_name}-{src}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return os.path.join(cfg.output_dir, name)
+
+
+def prepare_run_dir(run_dir: str, cfg: RunConfig, resume: bool = False) -> None:
+    """Creates the directory and snapshots the config; refuses to overwrite a finished run."""
+    from tfmf.errors import ConfigError
+
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write-test")
+        with open(probe, "w") as fh:
+            fh.write("")
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write run directory {run_dir!r}: {exc.strerror}",
+                          key="output_dir") from None
+    if not resume and os.path.exists(os.path.join(run_dir, "metrics.json")):
+        raise ConfigError(f"run directory {run_dir!r} already holds a finished run; "
+                          "choose another run_name or output_dir", key="run_name")
+    _atomic_write(os.path.join(run_dir, "config.yaml"), cfg.to_yaml())
+
+
+def load_data(cfg: RunConfig) -> InteractionData:
+    from tfmf.data.loading import load_dataset
+
+    return load_dataset(cfg.data)
+
+
+def splits_for(cfg: RunConfig, data: InteractionData):
+    """All (train, test) folds the config's split describes (a list)."""
+    if cfg.data.split.kind == "none":
+        return [(data, None)]
+    from tfmf.data.splits import make_splits
+
+    return list(make_splits(data, cfg.data.split, data_dir=cfg.data.data_dir))
+
+
+def train(cfg: RunConfig, run_dir: str | None = None, *, resume: bool = False,
+          data: InteractionData | None = None) -> RunResult:
+    """Fits the configured model on the first split's training part and evaluates it.
+
+    Args:
+      cfg: validated run config.
+      run_dir: where to write (None: a new directory under ``cfg.output_dir``).
+      resume: continue training from the last checkpoint in ``run_dir``.
+      data: preloaded data (skips loading ``cfg.data``).
+
+    Returns:
+      RunResult with test metrics (empty when the split is "none").
+    """
+    from tfmf.evaluation import evaluate
+    from tfmf.evaluation.model_selection import build_model, split_parts
+
+    run_dir = run_dir or new_run_dir(cfg)
+    chief = distributed.is_chief()
+    if chief:
+        prepare_run_dir(run_dir, cfg, resume=resume)
+    data = data if data is not None else load_data(cfg)
+    fold = splits_for(cfg, data)[0]
+    train_part, test = split_parts(fold)
+    model = build_model(cfg.model_name, cfg.model)
+    validation = test if isinstance(test, InteractionData) and not test.implicit else None
+    model.fit(train_part, cfg.train, validation=validation, run_dir=run_dir, resume=resume)
+    metrics = evaluate(model, test, cfg.eval) if test is not None else {}
+    if chief:
+        model.save(os.path.join(run_dir, "model"))
+        save_id_maps(os.path.join(run_dir, "ids.npz"), data)
+        plot_learning_curve(model.history, os.path.join(run_dir, "learning_curve.png"))
+        write_metrics(run_dir, {"model": cfg.model_name, "data": data.name,
+                                "n_train": train_part.nnz, "metrics": metrics})
+    return RunResult(run_dir=run_dir, metrics=metrics, history=model.history, model=model)
+
+
+def cross_validate(cfg: RunConfig, run_dir: str | None = None, *,
+                   data: InteractionData | None = None, verbose: bool = True):
+    """Runs every fold of the config's split; writes metrics.json with per-fold + summary."""
+    from tfmf.evaluation.model_selection import cross_validate as cv
+
+    data = data if data is not None else load_data(cfg)
+    if run_dir is not None and distributed.is_chief():
+        prepare_run_dir(run_dir, cfg)
+    result = cv(cfg.model_name, cfg.model, splits_for(cfg, data), train_config=cfg.train,
+                eval_config=cfg.eval, run_dir=run_dir, verbose=verbose)
+    if run_dir is not None and distributed.is_chief():
+        write_metrics(run_dir, {"model": cfg.model_name, "data": data.name, **result.to_dict()})
+    return result
+
+
+# --------------------------------------------------------------------------- files
+def save_id_maps(path: str, data: InteractionData) -> None:
+    arrays = {"user_ids": data.user_ids, "item_ids": data.item_ids}
+    if data.item_titles is not None:
+        arrays["item_titles"] = data.item_titles
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_id_maps(path: str) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write_metrics(run_dir: str, payload: dict) -> None:
+    """metrics.json, atomically: a reader never sees a partial file."""
+    _atomic_write(os.path.join(run_dir, "metrics.json"),
+                  json.dumps(payload, indent=2, default=_json_default))
+
+
+def plot_learning_curve(history: list[dict], path: str) -> None:
+    """Loss (and validation metrics) per epoch as a PNG; skipped when there is no history."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "data"):
+        if key in history[0]:
+            ax.plot(epochs, [h[key] for h in history], label=f"train {key}")
+    val_keys = [k for k in history[-1] if k.startswith("val_")]
+    if val_keys:
+        ax2 = ax.twinx()
+        for k in val_keys:
+            ax2.plot(epochs, [h.get(k, np.nan) for h in history], "--", label=k)
+        ax2.legend(loc="upper right")
+    ax.set_xlabel("epoch")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")

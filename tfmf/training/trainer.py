@@ -1,0 +1,244 @@
+"""The one training loop every gradient-trained model uses.
+
+A model is any ``tf_keras.Model`` with ``compute_loss(batch, training) -> dict`` whose
+``"loss"`` entry is minimised and whose other entries (``data``, ``l2``, ``gramian``, ``kl``...)
+are logged separately per epoch. The Trainer owns: optimizer + schedule, precision (loss
+scaling), Horovod (gradient averaging, broadcast, metric averaging, rank-0 side effects),
+NaN stop, checkpoints and resume, history CSV, TensorBoard scalars, progress bar and early
+stopping.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tfmf import distributed
+from tfmf.config import TrainConfig
+from tfmf.errors import TrainingDiverged
+from tfmf.training.optimizers import current_lr, make_optimizer
+from tfmf.training.precision import wrap_optimizer
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seeds Python, NumPy and TensorFlow; optionally enables TF op determinism."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    tf_keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+class Callback:
+    """Hook called by the Trainer at the end of every epoch (rank 0 and others alike)."""
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: dict) -> None:
+        """``epoch`` is 1-based; set ``trainer.stop_training = True`` to stop."""
+
+
+class Trainer:
+    """Fits a model with ``compute_loss`` using a :class:`TrainConfig`.
+
+    Args:
+      config: training settings.
+      run_dir: where checkpoints (``checkpoints/``), ``history.csv`` and TensorBoard logs
+        (``tensorboard/``) go; None keeps everything in memory.
+      callbacks: :class:`Callback` instances.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | None = None,
+                 callbacks: Iterable[Callback] = ()):
+        self.config = config
+        self.run_dir = run_dir
+        self.callbacks = list(callbacks)
+        self.history: list[dict] = []
+        self.stop_training = False
+        self.optimizer = None
+
+    # ------------------------------------------------------------------ public
+    def fit(self, model: tf_keras.Model, make_dataset: Callable[[int], tf.data.Dataset], *,
+            steps_per_epoch: int, validation_fn: Callable[[], dict] | None = None,
+            monitor: str | None = None, mode: str = "min", resume: bool = False) -> list[dict]:
+        """Trains ``model`` for ``config.epochs`` epochs.
+
+        Args:
+          model: a Keras model with ``compute_loss(batch, training)``.
+          make_dataset: ``epoch -> tf.data.Dataset`` for this rank (seeded by epoch so a
+            resumed run replays the same order).
+          steps_per_epoch: batches per epoch on this rank (for schedules and progress).
+          validation_fn: called after each epoch; returns metrics (e.g. ``{"val_rmse": ..}``).
+          monitor: history key for early stopping (default: first validation metric).
+          mode: "min" or "max" for ``monitor``.
+          resume: restore the latest checkpoint in ``run_dir`` and continue from its epoch.
+
+        Returns:
+          The history: one dict per epoch (train loss components, validation metrics, lr, time).
+
+        Raises:
+          TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept).
+        """
+        cfg = self.config
+        distributed.init()
+        world = distributed.size()
+        lr_scale = float(world) if cfg.scale_lr_by_world_size else 1.0
+        optimizer = wrap_optimizer(make_optimizer(cfg, steps_per_epoch, lr_scale),
+                                   cfg.precision, cfg.initial_loss_scale)
+        self.optimizer = optimizer
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+        manager = None
+        if self.run_dir is not None:
+            manager = tf.train.CheckpointManager(
+                ckpt, os.path.join(self.run_dir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
+        start_epoch = 0
+        if resume:
+            if manager is None or manager.latest_checkpoint is None:
+                raise FileNotFoundError(
+                    f"nothing to resume: no checkpoint under {self.run_dir}/checkpoints")
+            # expect_partial: slot variables are created lazily at the first step.
+            ckpt.restore(manager.latest_checkpoint).expect_partial()
+            start_epoch = int(epoch_var.numpy())
+            self.history = [h for h in self._read_history() if h["epoch"] <= start_epoch]
+
+        train_step = self._make_train_step(model, optimizer)
+        writer = self._summary_writer()
+        best, bad_epochs = None, 0
+        step = int(optimizer.iterations.numpy())
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            n_steps = 0
+            for batch in self._progress(make_dataset(epoch), steps_per_epoch, epoch):
+                losses = train_step(batch)
+                if step == 0:
+                    # Variables (and optimizer slots) exist now: make every rank start equal.
+                    distributed.broadcast_variables(model.variables)
+                    distributed.broadcast_variables(optimizer.variables())
+                values = {k: float(v) for k, v in losses.items()}
+                if not math.isfinite(values["loss"]):
+                    raise TrainingDiverged(epoch + 1, n_steps + 1, values["loss"])
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_steps += 1
+                step += 1
+            logs = distributed.allreduce_mean({k: v / max(1, n_steps) for k, v in sums.items()})
+            logs["steps"] = n_steps
+            logs["lr"] = current_lr(optimizer)
+            if validation_fn is not None:
+                logs.update(validation_fn())
+            logs["seconds"] = time.perf_counter() - t0
+            row = {"epoch": epoch + 1, **logs}
+            self.history.append(row)
+            epoch_var.assign(epoch + 1)
+            self._log_epoch(row, writer)
+            if manager is not None and distributed.is_chief() and (
+                    (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0)
+                    or epoch + 1 == cfg.epochs):
+                manager.save(checkpoint_number=epoch + 1)
+                self._write_history()
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch + 1, row)
+            if cfg.early_stopping_patience is not None and validation_fn is not None:
+                key = monitor or next((k for k in row if k.startswith("val_")), None)
+                cur = row.get(key)
+                if cur is not None:
+                    improved = best is None or (cur < best if mode == "min" else cur > best)
+                    best, bad_epochs = (cur, 0) if improved else (best, bad_epochs + 1)
+                    if bad_epochs >= cfg.early_stopping_patience:
+                        self.stop_training = True
+            if self.stop_training:
+                break
+        if writer is not None:
+            writer.flush()
+        if self.run_dir is not None and distributed.is_chief():
+            self._write_history()
+        return self.history
+
+    # ------------------------------------------------------------------ internals
+    def _make_train_step(self, model, optimizer):
+        scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+
+        # reduce_retracing: SparseTensor batches vary in nnz; one trace serves them all.
+        @tf.function(reduce_retracing=True)
+        def train_step(batch):
+            with tf.GradientTape() as tape:
+                losses = model.compute_loss(batch, training=True)
+                loss = tf.cast(losses["loss"], tf.float32)
+                target = optimizer.get_scaled_loss(loss) if scaled else loss
+            tape = distributed.wrap_tape(tape)
+            variables = model.trainable_variables
+            grads = tape.gradient(target, variables)
+            if scaled:
+                grads = optimizer.get_unscaled_gradients(grads)
+            optimizer.apply_gradients(
+                [(g, v) for g, v in zip(grads, variables) if g is not None])
+            return {k: tf.cast(v, tf.float32) for k, v in losses.items()}
+
+        return train_step
+
+    def _progress(self, dataset, total: int, epoch: int):
+        if self.config.verbose != 1 or not distributed.is_chief():
+            return dataset
+        from tqdm.auto import tqdm
+
+        return tqdm(dataset, total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                    leave=False, unit="step", dynamic_ncols=True)
+
+    def _summary_writer(self):
+        if self.run_dir is None or not distributed.is_chief():
+            return None
+        return tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard"))
+
+    def _log_epoch(self, row: dict, writer) -> None:
+        if not distributed.is_chief():
+            return
+        if writer is not None:
+            with writer.as_default(step=row["epoch"]):
+                for k, v in row.items():
+                    if k != "epoch" and isinstance(v, (int, float)):
+                        tf.summary.scalar(k, v)
+        if self.config.verbose >= 1:
+            parts = [f"{k}={v:.4f}" for k, v in row.items()
+                     if k not in ("epoch", "steps") and isinstance(v, float)]
+            print(f"epoch {row['epoch']}/{self.config.epochs}: " + " ".join(parts), flush=True)
+
+    def _history_path(self) -> str:
+        return os.path.join(self.run_dir, "history.csv")
+
+    def _write_history(self) -> None:
+        """history.csv, replaced atomically so a kill never leaves half a file."""
+        keys: list[str] = []
+        for row in self.history:
+            keys += [k for k in row if k not in keys]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.history)
+        os.makedirs(self.run_dir, exist_ok=True)
+        tmp = self._history_path() + ".tmp"
+        with open(tmp, "w", newline="") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, self._history_path())
+
+    def _read_history(self) -> list[dict]:
+        if self.run_dir is None or not os.path.exists(self._history_path()):
+            return []
+        with open(self._history_path(), newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        out = []
+        for r in rows:
+            conv = {}
+            for k, v in r.items():
+                if v in ("", None):
+                    continue
+                conv[k] = int(v) if k in ("epoch", "steps") else float(v)
+            out.append(conv)
+        return out
