@@ -1,0 +1,179 @@
+"""tf.data input pipelines: rating triples and sparse user rows, sharded per (rank, size).
+
+Batch membership is decided in numpy by :func:`shard_indices` (seeded by ``(seed, epoch)``, so a
+resumed run replays the same order and every Horovod rank runs the same number of steps); the
+tf.data side only slices precomputed batches, so it is deterministic and fast. Nothing is ever
+densified: user rows are gathered from CSR arrays inside the graph.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+from tfmf.data.interactions import InteractionData
+
+
+def steps_per_epoch(n: int, batch_size: int, size: int = 1) -> int:
+    """Batches every rank runs per epoch: ``ceil(ceil(n / size) / batch_size)``."""
+    if batch_size < 1 or size < 1:
+        raise ValueError("batch_size and size must be >= 1")
+    return math.ceil(math.ceil(n / size) / batch_size)
+
+
+def shard_indices(n: int, batch_size: int, *, rank: int = 0, size: int = 1, seed: int = 0,
+                  epoch: int = 0, shuffle: bool = True) -> list[np.ndarray]:
+    """This rank's batches of example indices for one epoch.
+
+    The permutation of ``range(n)`` is seeded by ``(seed, epoch)`` and identical on all ranks;
+    rank ``r`` takes positions ``r, r + size, ...`` of it, so shards are disjoint and together
+    cover all ``n`` examples, and shard sizes differ by at most one.
+
+    Remainder policy: every rank returns exactly ``steps_per_epoch(n, batch_size, size)`` batches
+    (Horovod needs equal step counts). A shard is cut into consecutive batches of
+    ``batch_size``, the last one smaller. When a shard is one example short of the largest
+    shard and that leaves it a batch short, its last batch is split in two (e.g. sizes
+    ``[b, b/2, b/2]`` instead of ``[b, b, 1]`` on a longer rank). A rank never gets an empty
+    batch: in the degenerate case where it has fewer examples than steps (``n < size``, or
+    ``batch_size == 1`` with an uneven remainder) it repeats one of its examples per missing
+    step.
+
+    Args:
+      n: number of examples.
+      batch_size: examples per batch (per rank).
+      rank, size: this worker and the number of workers.
+      seed, epoch: the shuffle seed; each epoch reshuffles deterministically.
+      shuffle: False keeps the natural order (still strided across ranks).
+
+    Returns:
+      A list of int64 index arrays, ``steps_per_epoch(n, batch_size, size)`` long.
+    """
+    if not 0 <= rank < size:
+        raise ValueError(f"rank must be in [0, {size}), got {rank}")
+    steps = steps_per_epoch(n, batch_size, size)
+    order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle
+             else np.arange(n, dtype=np.int64))
+    shard = order[rank::size]
+    cuts = list(range(batch_size, len(shard), batch_size))
+    if len(cuts) + 1 < steps and len(shard) > 0:
+        # One batch short: split the last batch at its midpoint.
+        last = cuts[-1] if cuts else 0
+        cuts.append(last + (len(shard) - last + 1) // 2)
+    batches = [b for b in np.split(shard, cuts) if len(b)] if len(shard) else []
+    # Only when this rank has fewer examples than steps: an empty batch would make a mean
+    # loss NaN, so the rank re-reads its own examples (or, with an empty shard when n < size,
+    # a global one) in one-example batches. Degenerate sizes only; shards stay disjoint otherwise.
+    pool = shard if len(shard) else order[rank % n:rank % n + 1] if n else shard
+    k = 0
+    while len(batches) < steps and len(pool):
+        batches.append(pool[k % len(pool):k % len(pool) + 1])
+        k += 1
+    return batches
+
+
+def _batched(batches: list[np.ndarray], columns: dict[str, np.ndarray]):
+    """A Dataset whose element k is batch k of every column (plain dense tensors).
+
+    The columns are gathered into batch order once in numpy; each element is then a contiguous
+    slice, so iterating costs no per-example work.
+    """
+    import tensorflow as tf
+
+    idx = np.concatenate(batches) if batches else np.empty(0, np.int64)
+    splits = np.zeros(len(batches) + 1, np.int64)
+    np.cumsum([len(b) for b in batches], out=splits[1:])
+    tensors = {k: tf.constant(v[idx]) for k, v in columns.items()}
+    bounds = tf.constant(splits)
+
+    def take(k):
+        lo, hi = bounds[k], bounds[k + 1]
+        return {name: t[lo:hi] for name, t in tensors.items()}
+
+    return tf.data.Dataset.range(len(batches)).map(take, num_parallel_calls=tf.data.AUTOTUNE,
+                                                   deterministic=True)
+
+
+def _finish(ds, prefetch: bool):
+    import tensorflow as tf
+
+    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
+
+
+def rating_triples(data: InteractionData, batch_size: int, *, seed: int = 0, epoch: int = 0,
+                   rank: int = 0, size: int = 1, shuffle: bool = True, prefetch: bool = True):
+    """One epoch of (user, item, rating) batches for this rank.
+
+    Args:
+      data: interactions.
+      batch_size: ratings per batch (per rank).
+      seed, epoch: shuffle seed; call once per epoch with the epoch number.
+      rank, size: Horovod rank and world size (see :func:`shard_indices`).
+      shuffle: shuffle interactions.
+      prefetch: add ``prefetch(AUTOTUNE)``.
+
+    Returns:
+      tf.data.Dataset of ``{"user_id": int32[b], "item_id": int32[b], "rating": float32[b]}``
+      with ``steps_per_epoch(data.nnz, batch_size, size)`` elements.
+    """
+    batches = shard_indices(data.nnz, batch_size, rank=rank, size=size, seed=seed, epoch=epoch,
+                            shuffle=shuffle)
+    ds = _batched(batches, {"user_id": data.users, "item_id": data.items,
+                                   "rating": data.values})
+    return _finish(ds, prefetch)
+
+
+def user_rows(csr: sp.csr_matrix, batch_size: int, *, users: np.ndarray | None = None,
+              target: sp.csr_matrix | None = None, seed: int = 0, epoch: int = 0, rank: int = 0,
+              size: int = 1, shuffle: bool = True, prefetch: bool = True):
+    """One epoch of batches of sparse user rows (for autoencoders / fold-in), never densified.
+
+    The CSR arrays live in the graph once; each batch gathers its rows' spans with
+    ``tf.ragged.range`` and builds a SparseTensor in canonical (row-major) order.
+
+    Args:
+      csr: [n_users, n_items] interactions (scipy CSR).
+      batch_size: users per batch (per rank).
+      users: row indices to iterate (default: all rows).
+      target: optional CSR of the same shape; its rows are returned as ``"target"``.
+      seed, epoch, rank, size, shuffle, prefetch: as in :func:`rating_triples`.
+
+    Returns:
+      tf.data.Dataset of ``{"user_index": int32[b], "items": SparseTensor float32 [b, n_items]}``
+      (+ ``"target"``), ``steps_per_epoch(len(users), batch_size, size)`` elements.
+    """
+    import tensorflow as tf
+
+    mats = {"items": _canonical(csr)}
+    if target is not None:
+        if target.shape != csr.shape:
+            raise ValueError(f"target shape {target.shape} != csr shape {csr.shape}")
+        mats["target"] = _canonical(target)
+    n_items = csr.shape[1]
+    users = np.arange(csr.shape[0], dtype=np.int64) if users is None else np.asarray(users, np.int64)
+    batches = shard_indices(len(users), batch_size, rank=rank, size=size, seed=seed, epoch=epoch,
+                            shuffle=shuffle)
+    parts = {k: (tf.constant(m.indptr.astype(np.int64)), tf.constant(m.indices.astype(np.int64)),
+                 tf.constant(m.data.astype(np.float32))) for k, m in mats.items()}
+
+    def gather_rows(batch):
+        u = batch["user_index"]
+        out = {"user_index": tf.cast(u, tf.int32)}
+        for key, (indptr, indices, values) in parts.items():
+            pos = tf.ragged.range(tf.gather(indptr, u), tf.gather(indptr, u + 1))
+            flat = pos.flat_values
+            coords = tf.stack([pos.value_rowids(), tf.gather(indices, flat)], axis=1)
+            shape = tf.stack([tf.size(u, out_type=tf.int64), tf.constant(n_items, tf.int64)])
+            out[key] = tf.SparseTensor(coords, tf.gather(values, flat), shape)
+        return out
+
+    ds = _batched(batches, {"user_index": users})
+    ds = ds.map(gather_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _finish(ds, prefetch)
+
+
+def _canonical(m: sp.spmatrix) -> sp.csr_matrix:
+    m = sp.csr_matrix(m)
+    if not m.has_sorted_indices:
+        m = m.sorted_indices()
+    return m

@@ -1,0 +1,217 @@
+"""Train/test splits (Surprise / scikit-learn style). Every split keeps the parent's id space.
+
+Interaction splits (:class:`KFold`, :func:`holdout`, :func:`temporal_split`,
+:func:`official_folds`) yield ``(train, test)`` InteractionData pairs. User splits
+(:func:`strong_generalization`, :func:`user_folds`) yield :class:`StrongSplit`: training users'
+interactions, and for held-out users a per-user fold-in / target split. Subsets keep rows in the
+parent's order; all randomness is seeded.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from tfmf.config import SplitConfig
+from tfmf.data.interactions import InteractionData
+from tfmf.errors import DataError
+
+Pair = tuple[InteractionData, InteractionData]
+
+
+@dataclass
+class StrongSplit:
+    """A strong-generalization split.
+
+    Attributes:
+      train: all interactions of the training users.
+      fold_in: the held-out users' interactions shown to the model (e.g. to infer a user
+        embedding).
+      target: the held-out users' remaining interactions, to be predicted.
+      test_users: sorted int32 indices of the held-out users.
+    """
+
+    train: InteractionData
+    fold_in: InteractionData
+    target: InteractionData
+    test_users: np.ndarray
+
+
+def _mask_split(data: InteractionData, test_mask: np.ndarray) -> Pair:
+    return data.subset(~test_mask), data.subset(test_mask)
+
+
+def _check_fraction(value: float, name: str) -> None:
+    if not 0.0 < value < 1.0:
+        raise DataError(f"{name} must be in (0, 1), got {value}")
+
+
+class KFold:
+    """K folds over interactions: every interaction is in exactly one test fold.
+
+    Args:
+      n_splits: number of folds (>= 2).
+      shuffle: permute interactions (seeded) before cutting folds.
+      seed: RNG seed.
+    """
+
+    def __init__(self, n_splits: int = 5, shuffle: bool = True, seed: int = 0):
+        if n_splits < 2:
+            raise DataError(f"n_splits must be >= 2, got {n_splits}")
+        self.n_splits, self.shuffle, self.seed = n_splits, shuffle, seed
+
+    def split(self, data: InteractionData) -> Iterator[Pair]:
+        """Yields (train, test) for each fold; fold sizes differ by at most one."""
+        if data.nnz < self.n_splits:
+            raise DataError(f"{data.nnz} interactions cannot make {self.n_splits} folds")
+        order = (np.random.default_rng(self.seed).permutation(data.nnz) if self.shuffle
+                 else np.arange(data.nnz))
+        fold_of = np.empty(data.nnz, np.int32)
+        fold_of[order] = np.arange(data.nnz) * self.n_splits // data.nnz
+        for k in range(self.n_splits):
+            yield _mask_split(data, fold_of == k)
+
+
+def holdout(data: InteractionData, test_fraction: float = 0.2, seed: int = 0) -> Pair:
+    """A random (train, test) split with ``round(test_fraction * nnz)`` test interactions."""
+    _check_fraction(test_fraction, "test_fraction")
+    n_test = int(round(test_fraction * data.nnz))
+    mask = np.zeros(data.nnz, bool)
+    mask[np.random.default_rng(seed).permutation(data.nnz)[:n_test]] = True
+    return _mask_split(data, mask)
+
+
+def official_folds(names=("u1", "u2", "u3", "u4", "u5"),
+                   data_dir: str | os.PathLike | None = None) -> Iterator[Pair]:
+    """The official ML-100K folds (u1..u5, ua, ub) as (train, test), in u.data's id space."""
+    from tfmf.data.movielens import load_ml100k_fold
+
+    for name in names:
+        yield load_ml100k_fold(name, data_dir)
+
+
+def _rank_within_user(users: np.ndarray, sort_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each row among its user's rows by sort_key, row count of its user)."""
+    order = np.lexsort((sort_key, users))
+    counts = np.bincount(users, minlength=int(users.max()) + 1 if len(users) else 0)
+    starts = np.cumsum(counts) - counts
+    rank = np.empty(len(users), np.int64)
+    rank[order] = np.arange(len(users)) - starts[users[order]]
+    return rank, counts[users]
+
+
+def temporal_split(data: InteractionData, test_fraction: float = 0.2,
+                   mode: str = "user") -> Pair:
+    """Tests on the most recent interactions.
+
+    Args:
+      data: interactions with timestamps.
+      test_fraction: share held out.
+      mode: "user": each user's last ``round(test_fraction * n_u)`` interactions, at least one
+        when the user has >= 2 and never all of them; "global": the latest
+        ``round(test_fraction * nnz)`` interactions overall (a time cutoff; ties at the cutoff
+        are broken by row order).
+
+    Returns:
+      (train, test).
+    """
+    _check_fraction(test_fraction, "test_fraction")
+    if data.timestamps is None:
+        raise DataError(f"temporal split needs timestamps; {data.name or 'the data'} has none")
+    if mode == "global":
+        n_test = int(round(test_fraction * data.nnz))
+        order = np.argsort(data.timestamps, kind="stable")
+        mask = np.zeros(data.nnz, bool)
+        mask[order[data.nnz - n_test:]] = True
+        return _mask_split(data, mask)
+    if mode != "user":
+        raise DataError(f"temporal mode must be 'user' or 'global', got {mode!r}")
+    # lexsort is stable, so equal timestamps keep row order.
+    rank, count = _rank_within_user(data.users, data.timestamps)
+    n_test = np.clip(np.rint(test_fraction * count), (count >= 2).astype(np.int64),
+                     np.maximum(count - 1, 0))
+    return _mask_split(data, rank >= count - n_test)
+
+
+def _fold_in_target(data: InteractionData, test_users: np.ndarray, fold_in_fraction: float,
+                    rng: np.random.Generator) -> StrongSplit:
+    """Splits data by user; held-out users' rows go fold-in/target at random per user.
+
+    A held-out user with n >= 2 interactions gets ``min(max(1, round(f * n)), n - 1)`` fold-in
+    rows (so at least one target); a user with a single interaction is all fold-in.
+    """
+    held = np.zeros(data.n_users, bool)
+    held[test_users] = True
+    is_test = held[data.users]
+    rank, count = _rank_within_user(data.users, rng.random(data.nnz))
+    n_fold_in = np.where(count >= 2, np.clip(np.rint(fold_in_fraction * count), 1, count - 1),
+                         count)
+    target = is_test & (rank >= n_fold_in)
+    return StrongSplit(train=data.subset(~is_test), fold_in=data.subset(is_test & ~target),
+                       target=data.subset(target),
+                       test_users=np.sort(test_users).astype(np.int32))
+
+
+def _active_users(data: InteractionData) -> np.ndarray:
+    return np.flatnonzero(np.bincount(data.users, minlength=data.n_users) > 0)
+
+
+def strong_generalization(data: InteractionData, test_fraction_users: float = 0.2,
+                          fold_in_fraction: float = 0.8, seed: int = 0) -> StrongSplit:
+    """Holds out ``round(test_fraction_users * active users)`` users (at least one, not all).
+
+    Args:
+      data: interactions.
+      test_fraction_users: share of users (with interactions) held out.
+      fold_in_fraction: share of a held-out user's items given as fold-in.
+      seed: RNG seed.
+    """
+    _check_fraction(test_fraction_users, "test_fraction_users")
+    _check_fraction(fold_in_fraction, "fold_in_fraction")
+    rng = np.random.default_rng(seed)
+    active = _active_users(data)
+    if len(active) < 2:
+        raise DataError("strong generalization needs at least 2 users with interactions")
+    n_test = int(np.clip(round(test_fraction_users * len(active)), 1, len(active) - 1))
+    return _fold_in_target(data, rng.permutation(active)[:n_test], fold_in_fraction, rng)
+
+
+def user_folds(data: InteractionData, n_folds: int = 5, fold_in_fraction: float = 0.8,
+               seed: int = 0) -> Iterator[StrongSplit]:
+    """K folds over users: every user with interactions is held out in exactly one fold."""
+    _check_fraction(fold_in_fraction, "fold_in_fraction")
+    rng = np.random.default_rng(seed)
+    active = _active_users(data)
+    if n_folds < 2 or len(active) < n_folds:
+        raise DataError(f"{len(active)} users cannot make {n_folds} user folds (need >= 2)")
+    for fold in np.array_split(rng.permutation(active), n_folds):
+        yield _fold_in_target(data, fold, fold_in_fraction, rng)
+
+
+def make_splits(data: InteractionData, cfg: SplitConfig,
+                data_dir: str | os.PathLike | None = None) -> Iterator[Pair | StrongSplit]:
+    """Dispatches on ``cfg.kind``.
+
+    Yields:
+      ``(train, test)`` pairs for none (all data, empty test), holdout, kfold, official and
+      temporal; :class:`StrongSplit` for strong (one) and user_folds (``n_folds``).
+    """
+    kind = cfg.kind
+    if kind == "none":
+        yield data, data.subset(np.zeros(data.nnz, bool))
+    elif kind == "holdout":
+        yield holdout(data, cfg.test_fraction, cfg.seed)
+    elif kind == "kfold":
+        yield from KFold(cfg.n_folds, True, cfg.seed).split(data)
+    elif kind == "official":
+        yield from official_folds(cfg.folds, data_dir)
+    elif kind == "temporal":
+        yield temporal_split(data, cfg.test_fraction, cfg.temporal_mode)
+    elif kind == "strong":
+        yield strong_generalization(data, cfg.test_fraction, cfg.fold_in_fraction, cfg.seed)
+    elif kind == "user_folds":
+        yield from user_folds(data, cfg.n_folds, cfg.fold_in_fraction, cfg.seed)
+    else:
+        raise DataError(f"unknown split kind {kind!r}")
