@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -151,6 +152,8 @@ class TrainConfig:
       keep_checkpoints: how many checkpoints to keep.
       early_stopping_patience: stop after N epochs without validation improvement.
       scale_lr_by_world_size: multiply the LR by the number of Horovod ranks.
+      sparse_as_dense: Horovod: densify embedding gradients and allreduce them instead of
+        allgathering the touched rows (cheaper only for small tables; see tfmf.distributed).
       verbose: 0 quiet, 1 progress bar, 2 one line per epoch.
     """
 
@@ -177,12 +180,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
     early_stopping_patience: int | None = None
     scale_lr_by_world_size: bool = False
+    sparse_as_dense: bool = False
     verbose: int = 1
 
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
         _check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-        _check(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
+        _check(0 < self.learning_rate < float("inf"), f"{key}.learning_rate",
+               "must be > 0 (and finite)")
         _check(self.momentum >= 0, f"{key}.momentum", "must be >= 0")
         _check(self.decay_steps >= 1, f"{key}.decay_steps", "must be >= 1")
         _check(self.decay_rate > 0, f"{key}.decay_rate", "must be > 0")
@@ -425,6 +430,9 @@ def _plain(v):
     return v
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value, tp, key: str):
     """Checks ``value`` against type hint ``tp`` (ints are accepted for floats)."""
     origin = typing.get_origin(tp)
@@ -468,6 +476,8 @@ def _coerce(value, tp, key: str):
             raise ConfigError(f"must be an integer, got {_tname(value)} {value!r}", key=key)
         return value
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads 1e-3 and 1.0e6 as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"must be a number, got {_tname(value)} {value!r}", key=key)
         return float(value)

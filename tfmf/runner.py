@@ -13,8 +13,11 @@ A run directory holds::
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -60,6 +63,10 @@ def prepare_run_dir(run_dir: str, cfg: RunConfig, resume: bool = False) -> None:
     if not resume and os.path.exists(os.path.join(run_dir, "metrics.json")):
         raise ConfigError(f"run directory {run_dir!r} already holds a finished run; "
                           "choose another run_name or output_dir", key="run_name")
+    if resume and os.path.exists(os.path.join(run_dir, "metrics.json")):
+        # The snapshot below describes the continued run: the old metrics no longer match it,
+        # and metrics.json must only mark a complete run.
+        os.remove(os.path.join(run_dir, "metrics.json"))
     _atomic_write(os.path.join(run_dir, "config.yaml"), cfg.to_yaml())
 
 
@@ -101,17 +108,37 @@ def train(cfg: RunConfig, run_dir: str | None = None, *, resume: bool = False,
     data = data if data is not None else load_data(cfg)
     fold = splits_for(cfg, data)[0]
     train_part, test = split_parts(fold)
+    _check_split_sizes(cfg, data, train_part, test)
     model = build_model(cfg.model_name, cfg.model)
     validation = test if isinstance(test, InteractionData) and not test.implicit else None
     model.fit(train_part, cfg.train, validation=validation, run_dir=run_dir, resume=resume)
     metrics = evaluate(model, test, cfg.eval) if test is not None else {}
     if chief:
-        model.save(os.path.join(run_dir, "model"))
+        with atomic_directory(os.path.join(run_dir, "model")) as tmp:
+            model.save(tmp)
         save_id_maps(os.path.join(run_dir, "ids.npz"), data)
         plot_learning_curve(model.history, os.path.join(run_dir, "learning_curve.png"))
         write_metrics(run_dir, {"model": cfg.model_name, "data": data.name,
                                 "n_train": train_part.nnz, "metrics": metrics})
     return RunResult(run_dir=run_dir, metrics=metrics, history=model.history, model=model)
+
+
+def _check_split_sizes(cfg: RunConfig, data: InteractionData, train_part, test) -> None:
+    """Raises DataError when the split left nothing to train on or to evaluate (NaN metrics).
+
+    Raises:
+      DataError: naming the data source and the split settings to change.
+    """
+    from tfmf.errors import DataError
+
+    # A StrongSplit is evaluated on its targets; a (train, test) pair on its test part.
+    held_out = getattr(test, "target", test)
+    for part, what in ((train_part, "training"), (held_out, "test")):
+        if isinstance(part, InteractionData) and part.nnz == 0:
+            raise DataError(
+                f"the {cfg.data.split.kind} split of {data.nnz} interaction(s) left no {what} "
+                "interactions; use more data or change data.split (e.g. test_fraction)",
+                path=cfg.data.source)
 
 
 def cross_validate(cfg: RunConfig, run_dir: str | None = None, *,
@@ -129,7 +156,103 @@ def cross_validate(cfg: RunConfig, run_dir: str | None = None, *,
     return result
 
 
+# --------------------------------------------------------------------------- saved runs
+@dataclass
+class LoadedRun:
+    """A finished run read back from disk (see :func:`load_run`)."""
+
+    run_dir: str
+    config: RunConfig
+    model: object
+    ids: dict
+    metrics: dict
+
+
+def load_run(run_dir: str, overrides: list[str] | None = None) -> LoadedRun:
+    """Reads a finished run: config snapshot (+ ``--set`` overrides), fitted model, id maps.
+
+    Raises:
+      FileNotFoundError: the directory, or a file a finished run must hold, is missing (named).
+      ConfigError: the config snapshot no longer validates.
+    """
+    from tfmf.config import load_config
+    from tfmf.models.base import Recommender
+
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(errno.ENOENT, "run directory not found", run_dir)
+    # metrics.json is written last: without it model/ may be stale (a killed --resume keeps
+    # the previous model while config.yaml already describes the continued run).
+    for name in ("config.yaml", os.path.join("model", "recommender.json"), "ids.npz",
+                 "metrics.json"):
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                errno.ENOENT, "not a finished run (train it, or --resume it, first): missing", path)
+    cfg = load_config(os.path.join(run_dir, "config.yaml"), overrides)
+    model = Recommender.load(os.path.join(run_dir, "model"))
+    with open(os.path.join(run_dir, "metrics.json")) as fh:
+        metrics = json.load(fh)
+    return LoadedRun(run_dir, cfg, model, load_id_maps(os.path.join(run_dir, "ids.npz")), metrics)
+
+
+def evaluate_run(run: LoadedRun, data: InteractionData | None = None) -> dict:
+    """Re-evaluates a loaded run on the test part of its config's first split.
+
+    Raises:
+      DataError: the data's id space differs from the one the model was trained on.
+    """
+    from tfmf.errors import DataError
+    from tfmf.evaluation import evaluate
+    from tfmf.evaluation.model_selection import split_parts
+
+    cfg = run.config
+    data = data if data is not None else load_data(cfg)
+    same = (data.n_users == len(run.ids["user_ids"]) and data.n_items == len(run.ids["item_ids"])
+            and np.array_equal(data.user_ids, run.ids["user_ids"])
+            and np.array_equal(data.item_ids, run.ids["item_ids"]))
+    if not same:
+        raise DataError("the data's users/items differ from those the run was trained on "
+                        f"({data.n_users}x{data.n_items} vs {len(run.ids['user_ids'])}x"
+                        f"{len(run.ids['item_ids'])}); evaluate with the run's data",
+                        path=cfg.data.source)
+    _, test = split_parts(splits_for(cfg, data)[0])
+    if test is None:
+        raise DataError("the run's split is 'none': there is no test part to evaluate on "
+                        "(override with --set data.split.kind=holdout)", path=cfg.data.source)
+    return evaluate(run.model, test, cfg.eval)
+
+
 # --------------------------------------------------------------------------- files
+class atomic_directory:
+    """Context manager: a temp directory beside ``path`` that replaces ``path`` on success.
+
+    Readers never see a half-written directory: on error the temp dir is removed; on success an
+    existing ``path`` is moved aside, the temp dir renamed into place, and the old one deleted.
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(os.fspath(path))
+
+    def __enter__(self) -> str:
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix=os.path.basename(self.path) + ".tmp-", dir=parent)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if os.path.lexists(self.path):
+            old = self.tmp + ".old"
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
 def save_id_maps(path: str, data: InteractionData) -> None:
     arrays = {"user_ids": data.user_ids, "item_ids": data.item_ids}
     if data.item_titles is not None:

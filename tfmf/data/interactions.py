@@ -317,6 +317,8 @@ def _lookup(sorted_ids: np.ndarray, raw, kind: str) -> np.ndarray:
         sorted_ids = sorted_ids.astype(str)
     pos = np.clip(pos, 0, len(sorted_ids) - 1)
     ok = sorted_ids[pos] == raw_cast
+    if raw.dtype.kind == "f" and raw_cast.dtype.kind in "iu":
+        ok &= raw_cast == raw  # the int cast must be exact: 1.5 is not id 1
     if not np.all(ok):
         bad = raw.reshape(-1)[np.flatnonzero(~np.asarray(ok).reshape(-1))[0]]
         raise KeyError(f"unknown {kind} id {_py(bad)!r}")

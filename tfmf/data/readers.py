@@ -336,7 +336,7 @@ def _id_column(s: pd.Series, role: str, src: _Source) -> np.ndarray:
         if (r := _first(np.isnan(arr))) is not None:
             raise src.error(r, f"missing {role} id")
         if (r := _first((arr != np.round(arr)) | (np.abs(arr) >= 2.0 ** 63))) is not None:
-            raise src.error(r, f"{role} id {arr[r]!r} is not an int64 integer or a string")
+            raise src.error(r, f"{role} id {arr[r].item()!r} is not an int64 integer or a string")
         if (r := _first(arr < 0)) is not None:
             raise src.error(r, f"negative {role} id {int(arr[r])}")
         return arr.astype(np.int64)

@@ -93,6 +93,16 @@ class Recommender(abc.ABC):
         """Latent representation of new users from their interactions (fold-in)."""
         raise NotImplementedError(f"{type(self).__name__} has no fold-in")
 
+    def export_spec(self):
+        """How :mod:`tfmf.export` writes this fitted model as a SavedModel.
+
+        Returns:
+          A ``tfmf.export.FactorSpec`` (scores are a dot product of user and item vectors) or
+          ``tfmf.export.RowSpec`` (scores are a TF function of interaction rows); None when
+          the model cannot be exported.
+        """
+        return None
+
     def recommend(self, users: np.ndarray | None = None, k: int = 10,
                   user_items: sp.csr_matrix | None = None, filter_seen: bool = True,
                   batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +185,15 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     b, n = scores.shape
     k = min(k, n)
     if k < n:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        # argpartition alone picks an arbitrary subset of the ties at the k-th value; keep
+        # everything above it plus the lowest-index ties (tf.math.top_k's rule, which the
+        # ranking metrics and the SavedModel use).
+        s = np.where(np.isnan(scores), -np.inf, scores)
+        kth = -np.partition(-s, k - 1, axis=1)[:, k - 1:k]
+        above, tie = s > kth, s == kth
+        need = k - above.sum(axis=1, keepdims=True)
+        keep = above | (tie & (np.cumsum(tie, axis=1) <= need))
+        part = np.nonzero(keep)[1].reshape(b, k)
     else:
         part = np.broadcast_to(np.arange(n), (b, n)).copy()
     part_scores = np.take_along_axis(scores, part, axis=1)

@@ -66,6 +66,12 @@ class BiasBaseline(Recommender):
         bu = self.bu[np.asarray(users)] if users is not None else np.zeros(n)
         return (self.mu + bu[:, None] + self.bi[None, :]).astype(np.float32)
 
+    def export_spec(self):
+        from tfmf.export import FactorSpec
+
+        return FactorSpec.with_offsets(np.zeros((self.n_users, 0)), np.zeros((self.n_items, 0)),
+                                       self.mu + self.bu, self.bi)
+
     def _save_state(self, path):
         np.savez(os.path.join(path, "state.npz"), mu=self.mu, bu=self.bu, bi=self.bi,
                  scale=np.array(self.rating_scale or (np.nan, np.nan), np.float64))
@@ -104,6 +110,12 @@ class Popularity(Recommender):
 
     def recalculate_user(self, user_items):
         return np.zeros((user_items.shape[0], 0), np.float32)
+
+    def export_spec(self):
+        from tfmf.export import FactorSpec
+
+        return FactorSpec.with_offsets(np.zeros((self.n_users, 0)), np.zeros((self.n_items, 0)),
+                                       None, self.counts)
 
     def _save_state(self, path):
         np.save(os.path.join(path, "counts.npy"), self.counts)

@@ -33,23 +33,41 @@ class StepDecay(tf_keras.optimizers.schedules.LearningRateSchedule):
 
 @tf_keras.utils.register_keras_serializable(package="tfmf")
 class LinearWarmup(tf_keras.optimizers.schedules.LearningRateSchedule):
-    """Linear ramp from ``base/ warmup_steps`` to the wrapped schedule over ``warmup_steps``."""
+    """Linear ramp to the wrapped schedule over ``warmup_steps``.
 
-    def __init__(self, schedule, warmup_steps: int):
+    The multiplier goes from ``start_fraction + (1 - start_fraction) / warmup_steps`` at step 0
+    to 1 at ``warmup_steps - 1``. With Horovod LR scaling the Trainer uses
+    ``start_fraction = 1 / world_size``: the ramp starts at the single-worker LR and reaches
+    the scaled LR (Goyal et al. 2017, "Accurate, Large Minibatch SGD").
+
+    Args:
+      schedule: float or schedule reached after the warm-up.
+      warmup_steps: length of the ramp in steps.
+      start_fraction: multiplier the ramp starts from (0: from ~0).
+    """
+
+    def __init__(self, schedule, warmup_steps: int, start_fraction: float = 0.0):
         self.schedule, self.warmup_steps = schedule, warmup_steps
+        self.start_fraction = float(start_fraction)
 
     def __call__(self, step):
         step_f = tf.cast(step, tf.float32)
         after = self.schedule(step) if callable(self.schedule) else tf.constant(self.schedule)
-        frac = tf.minimum(1.0, (step_f + 1.0) / float(self.warmup_steps))
+        ramp = tf.minimum(1.0, (step_f + 1.0) / float(self.warmup_steps))
+        frac = self.start_fraction + (1.0 - self.start_fraction) * ramp
         return tf.cast(after, tf.float32) * frac
 
     def get_config(self):
-        return {"schedule": self.schedule, "warmup_steps": self.warmup_steps}
+        return {"schedule": self.schedule, "warmup_steps": self.warmup_steps,
+                "start_fraction": self.start_fraction}
 
 
 def make_schedule(cfg: TrainConfig, steps_per_epoch: int, lr_scale: float = 1.0):
-    """The learning rate (float or schedule) for ``cfg``; ``lr_scale`` multiplies it."""
+    """The learning rate (float or schedule) for ``cfg``; ``lr_scale`` multiplies it.
+
+    With ``lr_scale > 1`` (Horovod ``scale_lr_by_world_size``) and ``warmup_steps``, the warm-up
+    ramps from the unscaled LR to the scaled one.
+    """
     lr = cfg.learning_rate * lr_scale
     total = max(1, cfg.epochs * max(1, steps_per_epoch))
     sched = tf_keras.optimizers.schedules
@@ -68,7 +86,8 @@ def make_schedule(cfg: TrainConfig, steps_per_epoch: int, lr_scale: float = 1.0)
     else:  # validated by the config; kept for direct callers
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
     if cfg.warmup_steps > 0:
-        out = LinearWarmup(out, cfg.warmup_steps)
+        out = LinearWarmup(out, cfg.warmup_steps,
+                           start_fraction=1.0 / lr_scale if lr_scale > 1.0 else 0.0)
     return out
 
 

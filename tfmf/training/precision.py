@@ -1,4 +1,16 @@
-"""Precision policies: float32, mixed_float16 (with dynamic loss scaling), mixed_bfloat16."""
+"""Precision policies: float32, mixed_float16 (with dynamic loss scaling), mixed_bfloat16.
+
+Rules every model follows (MF, biased MF and Mult-VAE do):
+
+* Variables stay float32; layers compute in the policy's compute dtype (float16/bfloat16).
+* A sparse input is cast with :func:`cast_sparse` to the compute dtype before it meets a
+  kernel (``sparse_dense_matmul`` needs both operands in one dtype).
+* Logits are cast to float32 before softmax / log-likelihood; losses, regularisers and metrics
+  are computed in float32 (the Trainer also casts every loss component to float32).
+* mixed_float16 wraps the optimizer in a dynamic ``LossScaleOptimizer`` (the Trainer scales the
+  loss, takes gradients, unscales, applies; overflowing steps are skipped and the scale halves).
+  bfloat16 has float32's exponent range, so it needs no loss scaling.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -38,6 +50,15 @@ def wrap_optimizer(optimizer, precision: str, initial_scale: float = 2.0 ** 15):
         return optimizer
     return tf_keras.mixed_precision.LossScaleOptimizer(
         optimizer, dynamic=True, initial_scale=initial_scale)
+
+
+def loss_scale_variables(optimizer) -> list[tf.Variable]:
+    """The dynamic loss-scale state (current scale, good-step counter); [] when unscaled."""
+    state = getattr(optimizer, "_loss_scale", None)
+    if not isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer) or not hasattr(
+            state, "_weights"):
+        return []
+    return list(state._weights.values())
 
 
 def cast_sparse(x: tf.SparseTensor, dtype) -> tf.SparseTensor:

@@ -25,7 +25,7 @@ from tfmf import distributed
 from tfmf.config import TrainConfig
 from tfmf.errors import TrainingDiverged
 from tfmf.training.optimizers import current_lr, make_optimizer
-from tfmf.training.precision import wrap_optimizer
+from tfmf.training.precision import loss_scale_variables, wrap_optimizer
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -35,6 +35,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     tf_keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+def _all_finite(variables) -> bool:
+    """True when every floating-point variable holds only finite values."""
+    return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables
+               if v.dtype.is_floating)
 
 
 class Callback:
@@ -100,40 +106,64 @@ class Trainer:
                 ckpt, os.path.join(self.run_dir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
         start_epoch = 0
         if resume:
-            if manager is None or manager.latest_checkpoint is None:
+            latest = manager.latest_checkpoint if manager is not None else None
+            # Only rank 0 writes checkpoints; other ranks (possibly on hosts without the
+            # run directory) take rank 0's state from the broadcast after the first step.
+            if latest is None and distributed.is_chief():
                 raise FileNotFoundError(
                     f"nothing to resume: no checkpoint under {self.run_dir}/checkpoints")
-            # expect_partial: slot variables are created lazily at the first step.
-            ckpt.restore(manager.latest_checkpoint).expect_partial()
-            start_epoch = int(epoch_var.numpy())
+            if latest is not None:
+                # expect_partial: slot variables are created lazily at the first step.
+                ckpt.restore(latest).expect_partial()
+            start_epoch = distributed.broadcast_object(int(epoch_var.numpy()), "tfmf_start_epoch")
+            epoch_var.assign(start_epoch)
             self.history = [h for h in self._read_history() if h["epoch"] <= start_epoch]
 
         train_step = self._make_train_step(model, optimizer)
         writer = self._summary_writer()
         best, bad_epochs = None, 0
-        step = int(optimizer.iterations.numpy())
+        synced = not distributed.is_distributed()
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             n_steps = 0
-            for batch in self._progress(make_dataset(epoch), steps_per_epoch, epoch):
+            dataset = make_dataset(epoch)
+            if distributed.is_distributed() and isinstance(dataset, tf.data.Dataset):
+                # A rank with an extra batch would wait forever in its allreduce.
+                dataset = dataset.take(steps_per_epoch)
+            for batch in self._progress(dataset, steps_per_epoch, epoch):
                 losses = train_step(batch)
-                if step == 0:
-                    # Variables (and optimizer slots) exist now: make every rank start equal.
+                if not synced:
+                    # Variables and optimizer slots exist after the first step of this fit:
+                    # continue from rank 0's exact state (weights, non-trainable state such as
+                    # biases and anneal counters, iterations, slots, loss scale).
                     distributed.broadcast_variables(model.variables)
-                    distributed.broadcast_variables(optimizer.variables())
+                    distributed.broadcast_variables(
+                        optimizer.variables() + loss_scale_variables(optimizer))
+                    synced = True
                 values = {k: float(v) for k, v in losses.items()}
                 if not math.isfinite(values["loss"]):
                     raise TrainingDiverged(epoch + 1, n_steps + 1, values["loss"])
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_steps += 1
-                step += 1
+            if distributed.is_distributed() and n_steps != steps_per_epoch:
+                raise RuntimeError(
+                    f"rank {distributed.rank()} ran {n_steps} steps in epoch {epoch + 1}, expected "
+                    f"{steps_per_epoch}: every rank must get the same number of batches "
+                    "(see tfmf.data.pipelines.steps_per_epoch)")
+            if not _all_finite(model.trainable_variables):
+                # The epoch's last update can overflow the weights after a finite loss: stop
+                # before they reach a checkpoint, the saved model or the metrics.
+                raise TrainingDiverged(epoch + 1, n_steps, float("nan"))
             logs = distributed.allreduce_mean({k: v / max(1, n_steps) for k, v in sums.items()})
             logs["steps"] = n_steps
             logs["lr"] = current_lr(optimizer)
             if validation_fn is not None:
-                logs.update(validation_fn())
+                # Computed once on rank 0 (the weights are identical everywhere) and broadcast,
+                # so early stopping decides alike on all ranks.
+                val = validation_fn() if distributed.is_chief() else None
+                logs.update(distributed.broadcast_object(val, "tfmf_validation"))
             logs["seconds"] = time.perf_counter() - t0
             row = {"epoch": epoch + 1, **logs}
             self.history.append(row)
@@ -142,8 +172,10 @@ class Trainer:
             if manager is not None and distributed.is_chief() and (
                     (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0)
                     or epoch + 1 == cfg.epochs):
-                manager.save(checkpoint_number=epoch + 1)
+                # History first: a kill between the two leaves a history row the resumed run
+                # drops and redoes, never a checkpoint whose history row is lost.
                 self._write_history()
+                manager.save(checkpoint_number=epoch + 1)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, epoch + 1, row)
             if cfg.early_stopping_patience is not None and validation_fn is not None:
@@ -154,6 +186,8 @@ class Trainer:
                     best, bad_epochs = (cur, 0) if improved else (best, bad_epochs + 1)
                     if bad_epochs >= cfg.early_stopping_patience:
                         self.stop_training = True
+            # A callback may stop one rank only; the others must not wait for it.
+            self.stop_training = distributed.any_rank(self.stop_training)
             if self.stop_training:
                 break
         if writer is not None:
@@ -165,6 +199,7 @@ class Trainer:
     # ------------------------------------------------------------------ internals
     def _make_train_step(self, model, optimizer):
         scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+        sparse_as_dense = bool(getattr(self.config, "sparse_as_dense", False))
 
         # reduce_retracing: SparseTensor batches vary in nnz; one trace serves them all.
         @tf.function(reduce_retracing=True)
@@ -173,7 +208,8 @@ class Trainer:
                 losses = model.compute_loss(batch, training=True)
                 loss = tf.cast(losses["loss"], tf.float32)
                 target = optimizer.get_scaled_loss(loss) if scaled else loss
-            tape = distributed.wrap_tape(tape)
+            # Order for mixed_float16: scale -> gradient (allreduced inside) -> unscale -> apply.
+            tape = distributed.wrap_tape(tape, sparse_as_dense)
             variables = model.trainable_variables
             grads = tape.gradient(target, variables)
             if scaled:

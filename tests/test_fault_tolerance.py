@@ -1,0 +1,190 @@
+"""Fault tolerance (issue 10): SIGKILL mid-epoch then ``--resume`` reaches the uninterrupted
+result; kills around checkpoint saves never leave a corrupt latest checkpoint or history.csv;
+a diverging run stops with TrainingDiverged (exit 2), writes no metrics, keeps a usable
+checkpoint.
+
+The kill tests run real ``python -m tfmf train`` processes on the embedded sample data.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfmf  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+from tfmf.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MF_CONFIG = ROOT / "configs" / "sample_biased_mf.yaml"
+# sample: 30000 ratings, holdout 20% -> 24000 training ratings = 24 steps of 1000 per epoch.
+STEPS_PER_EPOCH_AT_1000 = 24
+
+pytestmark = pytest.mark.slow
+
+
+# --------------------------------------------------------------------------- helpers
+def _train_argv(run_dir: Path, *sets: str) -> list[str]:
+    argv = ["train", "--config", str(MF_CONFIG), "--run-dir", str(run_dir), "--quiet"]
+    for s in sets:
+        argv += ["--set", s]
+    return argv
+
+
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "tfmf", *argv], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    rc = proc.wait(timeout=timeout)
+    assert rc == 0, log.read_text()[-3000:]
+
+
+def _latest_epoch(run_dir: Path) -> int:
+    """Epoch of the latest checkpoint (0 when there is none yet)."""
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, after_epoch: int, log: Path,
+                         timeout: float = 120) -> None:
+    """Polls until a checkpoint newer than ``after_epoch`` exists (the process must still run)."""
+    deadline = time.monotonic() + timeout
+    while _latest_epoch(run_dir) <= after_epoch:
+        assert proc.poll() is None, "training ended before its checkpoint:\n" + log.read_text()
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _history_epochs(run_dir: Path) -> list[int]:
+    with open(run_dir / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:  # every value parses: no half-written file
+        [float(v) for v in r.values() if v]
+    return [int(r["epoch"]) for r in rows]
+
+
+def _assert_latest_checkpoint_restores(run_dir: Path) -> int:
+    """Reads every tensor of the latest checkpoint; returns its epoch."""
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    assert latest is not None
+    epoch = tf.Variable(0, dtype=tf.int64)
+    tf.train.Checkpoint(epoch=epoch).read(latest).expect_partial().assert_existing_objects_matched()
+    reader = tf.train.load_checkpoint(latest)
+    for key in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(key)  # raises on a truncated data file
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.isfinite(value).all(), f"{key} is not finite in {latest}"
+    assert int(epoch.numpy()) == int(latest.rsplit("-", 1)[1])
+    return int(epoch.numpy())
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+# --------------------------------------------------------------------------- SIGKILL + resume
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    sets = ("train.deterministic=true", "train.batch_size=32", "train.epochs=4",
+            "train.verbose=0")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    log_s, log_k = tmp_path / "straight.log", tmp_path / "killed.log"
+    # The reference run goes alongside the victim (2 cores: each is mostly single-threaded).
+    ref = _spawn(_train_argv(straight, *sets), log_s)
+    victim = _spawn(_train_argv(killed, *sets), log_k)
+    try:
+        _wait_for_checkpoint(victim, killed, 0, log_k)
+        time.sleep(0.25)  # into epoch 2 (~0.7 s per epoch)
+        _kill(victim)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert not (killed / "metrics.json").exists() and not (killed / "model").exists()
+    interrupted_at = _assert_latest_checkpoint_restores(killed)
+    assert 1 <= interrupted_at < 4
+
+    resumed = _spawn(["train", "--resume", str(killed), "--quiet"], log_k)
+    _finish(resumed, log_k)
+    _finish(ref, log_s)
+    a, b = _metrics(killed), _metrics(straight)
+    assert a.keys() == b.keys() == {"rmse", "mae"}
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-6), k
+    assert _history_epochs(killed) == _history_epochs(straight) == [1, 2, 3, 4]
+
+
+def test_kills_around_checkpoint_saves_never_corrupt_the_latest(tmp_path):
+    # Tiny epochs (6 steps + validation + a save each): a random kill often lands in a save.
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    sets = ("train.batch_size=4096", "train.epochs=1000", "train.checkpoint_every=1",
+            "train.keep_checkpoints=2", "train.verbose=0", "train.schedule=constant",
+            "model.embedding_dim=8")
+    rng = np.random.default_rng(0)
+    argv = _train_argv(run_dir, *sets)
+    done = 0
+    for _ in range(3):
+        proc = _spawn(argv, log)
+        try:
+            _wait_for_checkpoint(proc, run_dir, done, log)
+            time.sleep(float(rng.uniform(0.0, 0.4)))
+            _kill(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        epoch = _assert_latest_checkpoint_restores(run_dir)
+        assert epoch > done
+        epochs = _history_epochs(run_dir)
+        # history.csv is written before each save: it never lags the checkpoint.
+        assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= epoch
+        assert not (run_dir / "metrics.json").exists()
+        done = epoch
+        argv = ["train", "--resume", str(run_dir), "--quiet"]
+    # The resumed run finishes from the last checkpoint (a few more epochs).
+    _finish(_spawn(argv + ["--set", f"train.epochs={done + 2}"], log), log)
+    assert _history_epochs(run_dir) == list(range(1, done + 3))
+    assert np.isfinite(_metrics(run_dir)["rmse"])
+
+
+# --------------------------------------------------------------------------- divergence
+@pytest.mark.parametrize("boundary, huge, epoch", [
+    # The LR jumps mid-epoch 3: the loss becomes non-finite there.
+    (2 * STEPS_PER_EPOCH_AT_1000 + 5, "1.0e6", 3),
+    # The LR becomes inf for the very last step of epoch 2: that step's loss is still finite,
+    # but its update leaves non-finite weights, which must not be checkpointed or saved.
+    (2 * STEPS_PER_EPOCH_AT_1000 - 2, ".inf", 2),
+])
+def test_divergence_stops_cleanly_and_keeps_a_usable_checkpoint(tmp_path, capsys, boundary,
+                                                                huge, epoch):
+    run_dir = tmp_path / "run"
+    code = main(_train_argv(run_dir, "train.optimizer=sgd", "train.batch_size=1000",
+                            "train.epochs=4", "train.schedule=piecewise",
+                            f"train.boundaries=[{boundary}]", f"train.values=[0.01, {huge}]"))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"training diverged at epoch {epoch}, step" in err and "Traceback" not in err
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "model").exists()
+    # The last good checkpoint (end of the previous epoch) restores with finite weights...
+    assert _assert_latest_checkpoint_restores(run_dir) == epoch - 1
+    # ...and training resumes from it once the learning rate is fixed.
+    code = main(["train", "--resume", str(run_dir), "--quiet", "--set", "train.schedule=constant",
+                 "--set", "train.learning_rate=0.01"])
+    assert code == 0, capsys.readouterr().err
+    assert 0.5 < _metrics(run_dir)["rmse"] < 1.5
+    assert _history_epochs(run_dir) == [1, 2, 3, 4]

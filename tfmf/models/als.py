@@ -1,0 +1,616 @@
+"""Alternating least squares for explicit ratings ("als") and implicit feedback ("ials").
+
+TensorFlow 2 lost the WALS solver with ``tf.contrib``; this module provides one. Each
+half-step solves, for every row ``u`` (a user, or an item on the other half-step), the ridge
+system
+
+    (G + sum_j a_uj y_j y_j^T + lambda_u I) x_u = sum_j t_uj y_j
+
+over the row's observed entries ``j`` with fixed factors ``y`` of the other side, for all rows
+of a chunk at once (``tf.linalg.cholesky`` / ``cholesky_solve`` on ``[n, d, d]``, or a few
+warm-started conjugate-gradient steps that never form the matrices). The data never becomes
+a dense users x items matrix: rows are grouped by length (powers of two) and cut into chunks
+of at most ``chunk_size`` rows, each padded only to its own longest row (less than 2x
+padding; memory is bounded by the chunk, not by the data). The per-row Gram matrices are one
+batched matmul of the gathered, padded factors of a chunk.
+
+* Explicit ALS (Zhou et al. 2008): ``G = 0``, ``a = 1``, ``t = r - offset``. Biased ALS
+  solves for ``[bias, factors]`` against ``[1, y_j]`` (an augmented column of ones) with
+  ``offset = mu + b_j``; the global mean ``mu`` is fixed to the training mean.
+* Weighted ALS for implicit feedback (Hu, Koren, Volinsky 2008): confidence ``c = 1 + alpha r``
+  on observed entries, weight 1 and preference 0 everywhere else. The sum over *all* items is
+  the Gramian ``G = Y^T Y`` computed once per half-step (Rendle et al. 2021), so the observed
+  entries only add ``a = c - 1 = alpha r`` and ``t = c``.
+
+Regularization ``lambda_u``: with ``weighted_lambda`` it is ``regularization`` times the total
+loss weight of the row, i.e. ``lambda * n_u`` for explicit data (the weighted-lambda of Zhou
+et al., which is what the SGD models' per-rating L2 amounts to) and
+``lambda * (n_other + alpha * sum_j r_uj)`` for iALS (Rendle et al.'s frequency-scaled
+``(|I_u| + alpha_0 |I|)^nu`` with ``nu = 1`` in Hu et al.'s parametrisation); otherwise it is
+the plain ``lambda``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import tensorflow as tf
+
+from tfmf.config import TrainConfig, check
+from tfmf.data.interactions import InteractionData
+from tfmf.models.mf import MF, BiasedMF, BiasedMFConfig, MFConfig
+from tfmf.registry import register
+from tfmf.training.trainer import Trainer, seed_everything
+
+# A chunk holds at most chunk_size * this many padded entries, so a chunk of very long rows
+# (the head of a power-law distribution) is split further and memory stays bounded.
+_PADDED_ENTRIES_PER_ROW = 256
+
+
+# --------------------------------------------------------------------------- configs
+@dataclass
+class _ALSCommonConfig:
+    """Fields shared by explicit and implicit ALS (defaults of each model: tuned on ML-100K).
+
+    Attributes:
+      factors: latent dimension k.
+      regularization: ridge strength lambda (see ``weighted_lambda``).
+      iterations: full sweeps (users then items); ALS ignores TrainConfig.epochs.
+      init_stddev: standard deviation of the Gaussian initial factors.
+      chunk_size: rows (users or items) solved per batched call; bounds memory.
+      solver: cholesky (exact) or cg (``cg_steps`` warm-started conjugate-gradient steps,
+        matrix-free: O(nnz k) per step instead of forming k x k systems).
+      cg_steps: conjugate-gradient steps per half-step when solver == cg.
+      seed: initialisation seed (None: TrainConfig.seed).
+      weighted_lambda: scale lambda by each row's total loss weight (module docstring).
+      clip_predictions: clip ``predict`` to the fit-time rating scale (explicit data).
+    """
+
+    factors: int = 32
+    regularization: float = 0.12
+    iterations: int = 15
+    init_stddev: float = 0.1
+    chunk_size: int = 1024
+    solver: Literal["cholesky", "cg"] = "cholesky"
+    cg_steps: int = 3
+    seed: int | None = None
+    weighted_lambda: bool = True
+    clip_predictions: bool = True
+
+    def validate(self, key: str) -> None:
+        check(self.factors >= 1, f"{key}.factors", "must be >= 1")
+        check(self.regularization > 0, f"{key}.regularization",
+              "must be > 0 (the ridge systems of empty rows would be singular)")
+        check(self.iterations >= 1, f"{key}.iterations", "must be >= 1")
+        check(self.init_stddev > 0, f"{key}.init_stddev", "must be > 0")
+        check(self.chunk_size >= 1, f"{key}.chunk_size", "must be >= 1")
+        check(self.cg_steps >= 1, f"{key}.cg_steps", "must be >= 1")
+
+
+@dataclass
+class ALSConfig(_ALSCommonConfig):
+    """Explicit-rating ALS (see _ALSCommonConfig for the shared fields).
+
+    Attributes:
+      biased: learn user/item biases around the (fixed) training mean.
+    """
+
+    biased: bool = True
+
+    @property
+    def use_bias(self) -> bool:
+        """The name mf.py's BiasedMF reads (ALS calls it ``biased``)."""
+        return self.biased
+
+
+@dataclass
+class IALSConfig(_ALSCommonConfig):
+    """Implicit-feedback weighted ALS (see _ALSCommonConfig for the shared fields).
+
+    Attributes:
+      alpha: confidence slope, c_ui = 1 + alpha * r_ui on observed entries.
+    """
+
+    factors: int = 64
+    regularization: float = 30.0
+    weighted_lambda: bool = False
+    init_stddev: float = 0.01
+    alpha: float = 5.0
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        check(self.alpha >= 0, f"{key}.alpha", "must be >= 0")
+
+
+# --------------------------------------------------------------------------- sparse rows
+@dataclass
+class RowChunk:
+    """A chunk of CSR rows padded to its longest row.
+
+    Attributes:
+      rows: int32 [n] row indices.
+      cols: int32 [n, L] column indices (0 where padded).
+      vals: float32 [n, L] values (0 where padded).
+      mask: float32 [n, L] 1 for real entries.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+    mask: np.ndarray
+
+
+def chunk_rows(m: sp.csr_matrix, chunk_size: int) -> list[RowChunk]:
+    """Cuts the rows of ``m`` into padded chunks with little padding.
+
+    Rows are grouped by length into powers of two (``[2^j, 2^(j+1))``), so a chunk padded to
+    its longest row holds less than twice its real entries; groups are split into chunks of at
+    most ``chunk_size`` rows and ``chunk_size * 256`` padded entries (long rows get smaller
+    chunks, bounding memory).
+
+    Args:
+      m: CSR matrix [n_rows, n_cols].
+      chunk_size: most rows per chunk.
+
+    Returns:
+      Chunks covering every row exactly once (empty rows included).
+    """
+    m = sp.csr_matrix(m)
+    lengths = np.diff(m.indptr)
+    order = np.argsort(lengths, kind="stable").astype(np.int32)
+    group = np.floor(np.log2(np.maximum(lengths[order], 1))).astype(np.int64)
+    budget = chunk_size * _PADDED_ENTRIES_PER_ROW
+    chunks = []
+    for rows in np.split(order, np.flatnonzero(np.diff(group)) + 1):
+        if len(rows) == 0:
+            continue
+        per_chunk = max(1, min(chunk_size, budget // max(1, int(lengths[rows[-1]]))))
+        chunks += [_pad(m, rows[s:s + per_chunk]) for s in range(0, len(rows), per_chunk)]
+    return chunks
+
+
+def _pad(m: sp.csr_matrix, rows: np.ndarray) -> RowChunk:
+    lengths = np.diff(m.indptr)[rows]
+    width = max(1, int(lengths.max()) if len(rows) else 1)
+    slot = np.arange(width)[None, :]
+    mask = slot < lengths[:, None]
+    pos = np.where(mask, m.indptr[rows][:, None] + slot, 0)
+    if m.nnz == 0:
+        cols = np.zeros(mask.shape, np.int32)
+        vals = np.zeros(mask.shape, np.float32)
+    else:
+        cols = np.where(mask, m.indices[pos], 0).astype(np.int32)
+        vals = np.where(mask, m.data[pos], 0).astype(np.float32)
+    return RowChunk(rows.astype(np.int32), cols, vals, mask.astype(np.float32))
+
+
+def row_regularization(m: sp.csr_matrix, regularization: float, weighted: bool,
+                       alpha: float | None = None) -> np.ndarray:
+    """lambda_u per row of ``m`` (module docstring): plain, or scaled by the row's loss weight.
+
+    Args:
+      m: CSR rows [n_rows, n_cols].
+      regularization: lambda.
+      weighted: scale by the row's total loss weight.
+      alpha: iALS confidence slope (None: explicit rows, every rating weighs 1).
+
+    Returns:
+      float32 [n_rows].
+    """
+    n = m.shape[0]
+    if not weighted:
+        return np.full(n, regularization, np.float32)
+    if alpha is None:
+        # max(., 1): an empty row still gets a (small) ridge, keeping its system definite.
+        weight = np.maximum(np.diff(m.indptr), 1)
+    else:
+        weight = m.shape[1] + alpha * np.asarray(m.sum(axis=1)).ravel()
+    return (regularization * weight).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- TF kernels
+@tf.function(reduce_retracing=True)
+def _chunk_system(other, offset, cols, vals, mask, alpha, implicit: bool):
+    """Gathered design [n, L, d], per-entry Gram weights a [n, L] and targets t [n, L]."""
+    design = tf.gather(other, cols) * mask[..., None]
+    if implicit:
+        a = alpha * vals * mask
+        t = (1.0 + alpha * vals) * mask
+    else:
+        a = mask
+        t = (vals - tf.gather(offset, cols)) * mask
+    return design, a, t
+
+
+@tf.function(reduce_retracing=True)
+def _solve_chunk_cholesky(other, offset, gramian, lam, cols, vals, mask, alpha, implicit: bool):
+    design, a, t = _chunk_system(other, offset, cols, vals, mask, alpha, implicit)
+    d = tf.shape(other)[1]
+    # Per-row Gram matrices sum_j a_j y_j y_j^T as one batched matmul over the padded rows.
+    lhs = tf.matmul(design * a[..., None], design, transpose_a=True)
+    lhs += gramian[None] + lam[:, None, None] * tf.eye(d, dtype=other.dtype)[None]
+    rhs = tf.matmul(design, t[..., None], transpose_a=True)
+    return tf.squeeze(tf.linalg.cholesky_solve(tf.linalg.cholesky(lhs), rhs), -1)
+
+
+@tf.function(reduce_retracing=True)
+def _solve_chunk_cg(other, offset, gramian, lam, cols, vals, mask, alpha, x0, steps,
+                    implicit: bool):
+    design, a, t = _chunk_system(other, offset, cols, vals, mask, alpha, implicit)
+
+    def matvec(p):  # A p without forming A: G p + sum_j a_j (y_j . p) y_j + lambda p
+        proj = tf.einsum("nld,nd->nl", design, p) * a
+        return tf.matmul(p, gramian) + tf.einsum("nl,nld->nd", proj, design) + lam[:, None] * p
+
+    b = tf.einsum("nl,nld->nd", t, design)
+    x = x0
+    r = b - matvec(x)
+    p = r
+    rs = tf.reduce_sum(r * r, axis=1, keepdims=True)
+    tiny = tf.constant(1e-20, other.dtype)
+    for _ in tf.range(steps):
+        ap = matvec(p)
+        step = rs / tf.maximum(tf.reduce_sum(p * ap, axis=1, keepdims=True), tiny)
+        x += step * p
+        r -= step * ap
+        rs_new = tf.reduce_sum(r * r, axis=1, keepdims=True)
+        p = r + rs_new / tf.maximum(rs, tiny) * p
+        rs = rs_new
+    return x
+
+
+def solve_rows(chunks: list[RowChunk], other, lam: np.ndarray, *, n_rows: int,
+               offset=None, alpha: float | None = None, solver: str = "cholesky",
+               x0=None, cg_steps: int = 3) -> tf.Tensor:
+    """One ALS half-step: every row's ridge solution against fixed ``other`` factors.
+
+    Args:
+      chunks: the rows' observed entries, from :func:`chunk_rows`.
+      other: float32 [n_cols, d] fixed design rows y_j (with a leading ones column for
+        biased ALS).
+      lam: float32 [n_rows] lambda_u (see :func:`row_regularization`).
+      n_rows: number of rows to solve.
+      offset: float32 [n_cols] subtracted from explicit ratings (mu + other bias); None: 0.
+      alpha: iALS confidence slope; None for explicit ALS. iALS adds the Gramian of all of
+        ``other`` (the unobserved entries, preference 0, weight 1).
+      solver: "cholesky" or "cg".
+      x0: float32 [n_rows, d] warm start for CG (None: zeros).
+      cg_steps: CG steps.
+
+    Returns:
+      float32 [n_rows, d] solutions.
+    """
+    other = tf.convert_to_tensor(other, tf.float32)
+    d = int(other.shape[1])
+    implicit = alpha is not None
+    gramian = (tf.matmul(other, other, transpose_a=True) if implicit
+               else tf.zeros((d, d), tf.float32))
+    offset = tf.zeros(other.shape[0], tf.float32) if offset is None else tf.convert_to_tensor(
+        offset, tf.float32)
+    alpha_t = tf.constant(0.0 if alpha is None else alpha, tf.float32)
+    if x0 is not None:
+        x0 = tf.convert_to_tensor(x0, tf.float32)
+    parts, order = [], []
+    for c in chunks:
+        args = (other, offset, gramian, tf.constant(lam[c.rows]), tf.constant(c.cols),
+                tf.constant(c.vals), tf.constant(c.mask), alpha_t)
+        if solver == "cholesky":
+            parts.append(_solve_chunk_cholesky(*args, implicit=implicit))
+        elif solver == "cg":
+            start = (tf.zeros((len(c.rows), d), tf.float32) if x0 is None
+                     else tf.gather(x0, c.rows))
+            parts.append(_solve_chunk_cg(*args, start, tf.constant(cg_steps), implicit=implicit))
+        else:
+            raise ValueError(f"solver must be cholesky or cg, got {solver!r}")
+        order.append(c.rows)
+    if not parts:  # no rows (e.g. an empty fold-in batch)
+        return tf.zeros((n_rows, d), tf.float32)
+    order = np.concatenate(order)
+    inverse = np.empty(n_rows, np.int64)
+    inverse[order] = np.arange(len(order))
+    return tf.gather(tf.concat(parts, 0), inverse)
+
+
+@tf.function(reduce_retracing=True)
+def _chunk_loss_terms(rows, other, offset, cols, vals, mask, alpha, implicit: bool):
+    """(observed-entry loss, sum of squared observed scores) for one chunk of rows."""
+    design, a, t = _chunk_system(other, offset, cols, vals, mask, alpha, implicit)
+    pred = tf.einsum("nld,nd->nl", design, rows)
+    if implicit:
+        observed = tf.reduce_sum((1.0 + a) * tf.square(1.0 - pred) * mask)
+    else:
+        observed = tf.reduce_sum(tf.square(t - pred) * mask)
+    return observed, tf.reduce_sum(tf.square(pred) * mask)
+
+
+# --------------------------------------------------------------------------- the solver
+class ALSSolver:
+    """Alternating ridge solves on one training matrix (explicit, biased or implicit).
+
+    Factors are float32 tensors; with ``biased`` every row's solution is ``[bias, factors]``
+    against the other side's ``[1, factors]`` and ``offset = mu + other bias``.
+
+    Args:
+      train: CSR [n_users, n_items] of ratings (explicit) or interaction strengths r (implicit).
+      regularization: lambda.
+      weighted_lambda: scale lambda per row (module docstring).
+      alpha: iALS confidence slope; None for explicit ALS.
+      biased: learn biases (explicit only).
+      mu: fixed global offset of explicit predictions (the training mean for biased ALS).
+      chunk_size: rows per batched solve.
+      solver: "cholesky" or "cg".
+      cg_steps: CG steps per half-step.
+    """
+
+    def __init__(self, train: sp.csr_matrix, *, regularization: float, weighted_lambda: bool,
+                 alpha: float | None = None, biased: bool = False, mu: float = 0.0,
+                 chunk_size: int = 1024, solver: str = "cholesky", cg_steps: int = 3):
+        if alpha is not None and biased:
+            raise ValueError("biased ALS is for explicit ratings (alpha must be None)")
+        train = sp.csr_matrix(train, dtype=np.float32)
+        train.sort_indices()
+        by_item = train.T.tocsr()
+        by_item.sort_indices()
+        self.shape = train.shape
+        self.nnz = train.nnz
+        self.alpha, self.biased, self.mu = alpha, biased, float(mu)
+        self.solver, self.cg_steps = solver, cg_steps
+        self._reg, self._weighted, self._chunk_size = regularization, weighted_lambda, chunk_size
+        self.user_chunks = chunk_rows(train, chunk_size)
+        self.item_chunks = chunk_rows(by_item, chunk_size)
+        self.user_lam = row_regularization(train, regularization, weighted_lambda, alpha)
+        self.item_lam = row_regularization(by_item, regularization, weighted_lambda, alpha)
+
+    def _design(self, factors, bias):
+        """Rows as solved/used: [bias, factors] when biased, else factors."""
+        factors = tf.convert_to_tensor(factors, tf.float32)
+        if not self.biased:
+            return factors
+        return tf.concat([tf.reshape(tf.cast(bias, tf.float32), [-1, 1]), factors], axis=1)
+
+    def _other(self, factors, bias):
+        """(design [n, d], offset [n]) of the fixed side."""
+        factors = tf.convert_to_tensor(factors, tf.float32)
+        if not self.biased:
+            return factors, tf.fill([tf.shape(factors)[0]], self.mu)
+        ones = tf.ones([tf.shape(factors)[0], 1], tf.float32)
+        return tf.concat([ones, factors], axis=1), self.mu + tf.cast(tf.reshape(bias, [-1]),
+                                                                     tf.float32)
+
+    def _half_step(self, chunks, lam, rows, row_bias, other, other_bias):
+        design, offset = self._other(other, other_bias)
+        sol = solve_rows(chunks, design, lam, n_rows=int(rows.shape[0]), offset=offset,
+                         alpha=self.alpha, solver=self.solver,
+                         x0=self._design(rows, row_bias), cg_steps=self.cg_steps)
+        if self.biased:
+            return sol[:, 1:], sol[:, 0]
+        return sol, row_bias
+
+    def user_step(self, U, V, bu=None, bi=None) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """New (user factors, user biases) given item factors/biases (biases None if unbiased)."""
+        return self._half_step(self.user_chunks, self.user_lam, U, bu, V, bi)
+
+    def item_step(self, U, V, bu=None, bi=None) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """New (item factors, item biases) given user factors/biases."""
+        return self._half_step(self.item_chunks, self.item_lam, V, bi, U, bu)
+
+    def fold_in(self, user_items: sp.csr_matrix, V, bi=None, *, solver: str | None = None):
+        """(factors, biases or None) of new users against fixed item factors, one ridge each.
+
+        Uses the training lambda rule and alpha; ``solver`` None means the training solver
+        (CG then starts from zeros, so it needs enough ``cg_steps`` to converge).
+        """
+        rows = sp.csr_matrix(user_items, dtype=np.float32)
+        rows.sort_indices()
+        lam = row_regularization(rows, self._reg, self._weighted, self.alpha)
+        design, offset = self._other(V, bi)
+        sol = solve_rows(chunk_rows(rows, self._chunk_size), design, lam, n_rows=rows.shape[0],
+                         offset=offset, alpha=self.alpha, solver=solver or self.solver,
+                         cg_steps=self.cg_steps)
+        if self.biased:
+            return sol[:, 1:], sol[:, 0]
+        return sol, None
+
+    def losses(self, U, V, bu=None, bi=None) -> dict[str, float]:
+        """Objective per observed entry: ``loss = data + l2 (+ gramian for iALS)``.
+
+        ``data`` is the mean squared error on the ratings (explicit) or the confidence-weighted
+        error on the observed entries (iALS); ``gramian`` is the unobserved entries' squared
+        scores; ``l2`` the ridge penalties.
+        """
+        rows = self._design(U, bu)
+        other, offset = self._other(V, bi)
+        alpha = tf.constant(self.alpha or 0.0, tf.float32)
+        observed = squared = 0.0
+        for c in self.user_chunks:
+            o, s = _chunk_loss_terms(tf.gather(rows, c.rows), other, offset, tf.constant(c.cols),
+                                     tf.constant(c.vals), tf.constant(c.mask), alpha,
+                                     implicit=self.alpha is not None)
+            observed += float(o)
+            squared += float(s)
+        items = self._design(V, bi)
+        l2 = (float(tf.reduce_sum(self.user_lam * tf.reduce_sum(tf.square(rows), 1)))
+              + float(tf.reduce_sum(self.item_lam * tf.reduce_sum(tf.square(items), 1))))
+        n = max(1, self.nnz)
+        out = {"data": observed / n, "l2": l2 / n}
+        if self.alpha is not None:
+            # All-pairs squared scores through the Gramian, minus the observed ones.
+            all_sq = float(tf.reduce_sum(tf.matmul(rows, tf.matmul(other, other, transpose_a=True))
+                                         * rows))
+            out["gramian"] = (all_sq - squared) / n
+        out["loss"] = sum(out.values())
+        return {"loss": out.pop("loss"), **out}
+
+
+# --------------------------------------------------------------------------- Recommenders
+class _ALSFit:
+    """ALS training and fold-in for the Keras MF models of :mod:`tfmf.models.mf`.
+
+    Mixed in before :class:`~tfmf.models.mf.MF` / :class:`~tfmf.models.mf.BiasedMF`: ``fit``
+    runs the alternating solves and assigns the factors (and biases) into the Keras model's
+    embedding variables, so predict/score/recommend/save/load/export are the MF models'.
+    """
+
+    #: True for weighted ALS on implicit feedback (config has ``alpha``).
+    implicit: bool = False
+
+    def _mf_config(self) -> MFConfig:
+        """The MF config the Keras model is built with (sizes, init; loss fields unused)."""
+        c = self.config
+        common = dict(embedding_dim=c.factors, init_stddev=c.init_stddev, l2=c.regularization,
+                      clip_predictions=c.clip_predictions)
+        if self.implicit:
+            return MFConfig(**common)
+        return BiasedMFConfig(**common, use_bias=c.biased, bias_l2=c.regularization)
+
+    def build_model(self, train: InteractionData, train_config: TrainConfig):
+        return self.keras_class(train.n_users, train.n_items, self._mf_config(),
+                                seed=train_config.seed, **self._model_kwargs(train))
+
+    def _solver(self, train: sp.csr_matrix, mu: float = 0.0) -> ALSSolver:
+        c = self.config
+        return ALSSolver(train, regularization=c.regularization, weighted_lambda=c.weighted_lambda,
+                         alpha=c.alpha if self.implicit else None,
+                         biased=not self.implicit and c.biased, mu=mu, chunk_size=c.chunk_size,
+                         solver=c.solver, cg_steps=c.cg_steps)
+
+    def _parameters(self):
+        """(U, V, user bias or None, item bias or None, mu) of the Keras model."""
+        m = self.model
+        if getattr(self.config, "biased", False):
+            return (m.user_factors, m.item_factors, m.user_bias.embeddings[:, 0],
+                    m.item_bias.embeddings[:, 0], float(m.global_mean.numpy()))
+        mu = float(m.global_mean.numpy()) if hasattr(m, "global_mean") else 0.0
+        return m.user_factors, m.item_factors, None, None, mu
+
+    def _assign(self, U, V, bu, bi) -> None:
+        m = self.model
+        m.user_factors.assign(U)
+        m.item_factors.assign(V)
+        if bu is not None:
+            m.user_bias.embeddings.assign(tf.reshape(bu, [-1, 1]))
+            m.item_bias.embeddings.assign(tf.reshape(bi, [-1, 1]))
+
+    def fit(self, train: InteractionData, train_config: TrainConfig | None = None, *,
+            validation: InteractionData | None = None, run_dir: str | None = None,
+            callbacks=(), resume: bool = False):
+        """Alternates ``config.iterations`` user and item solves.
+
+        Of ``train_config`` only ``seed`` (when ``config.seed`` is None) and ``verbose`` are
+        used; ``epochs`` is replaced by ``config.iterations`` (ALS writes no checkpoints).
+        ``self.history`` gets one row per iteration (``epoch``, ``loss`` and its components,
+        train ``rmse`` for explicit data, ``val_rmse``/``val_mae`` when ``validation`` is
+        given, ``solve_seconds`` for the two half-steps and ``seconds`` in total); with
+        ``run_dir`` it is written to ``history.csv`` (and TensorBoard) like the Trainer's.
+        Callbacks' ``on_epoch_end`` run after every iteration and may stop it.
+        """
+        if resume:
+            raise ValueError("ALS does not resume from checkpoints; refit (it converges in a "
+                             "few iterations)")
+        c = self.config
+        cfg = dataclasses.replace(train_config or TrainConfig(), precision="float32",
+                                  epochs=c.iterations)
+        if c.seed is not None:
+            cfg = dataclasses.replace(cfg, seed=c.seed)
+        self.train_config = cfg
+        self._remember_training_data(train)
+        self.rating_scale = None
+        if not self.implicit and train.nnz:
+            self.rating_scale = train.rating_scale or (float(train.values.min()),
+                                                       float(train.values.max()))
+        seed_everything(cfg.seed)
+        self.model = self.build_model(train, cfg)  # its initializer gives the starting factors
+        U, V, bu, bi, mu = self._parameters()
+        solver = self._solver(self._seen, mu)
+        # The Trainer is used for its logging (console, history.csv, TensorBoard) and as the
+        # callbacks' handle, so ALS runs report exactly like gradient-trained ones.
+        trainer = Trainer(cfg, run_dir=run_dir, callbacks=callbacks)
+        writer = trainer._summary_writer()
+        self.history = trainer.history
+        for it in range(c.iterations):
+            t0 = time.perf_counter()
+            U, bu = solver.user_step(U, V, bu, bi)
+            V, bi = solver.item_step(U, V, bu, bi)
+            solve_s = time.perf_counter() - t0
+            self._assign(U, V, bu, bi)
+            row = {"epoch": it + 1, **solver.losses(U, V, bu, bi)}
+            if not self.implicit:
+                row["rmse"] = float(np.sqrt(row["data"]))
+            if validation is not None:
+                row.update(self.validation_metrics(validation))
+            row["solve_seconds"] = solve_s
+            row["seconds"] = time.perf_counter() - t0
+            if not np.isfinite(row["loss"]):
+                from tfmf.errors import TrainingDiverged
+
+                raise TrainingDiverged(it + 1, 1, row["loss"])
+            self.history.append(row)
+            trainer._log_epoch(row, writer)
+            for cb in trainer.callbacks:
+                cb.on_epoch_end(trainer, it + 1, row)
+            if trainer.stop_training:
+                break
+        if run_dir is not None:
+            trainer._write_history()
+        return self
+
+    # ------------------------------------------------------------------ fold-in
+    def _fold_in(self, user_items: sp.csr_matrix) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """(factors [b, k], biases [b] or None) of new users; exact (Cholesky) ridge solves
+        with the training lambda rule against the fixed item factors."""
+        _, V, _, bi, mu = self._parameters()
+        # A solver without training rows carries the lambda rule, alpha and bias handling.
+        solver = self._solver(sp.csr_matrix((0, self.n_items), dtype=np.float32), mu)
+        # Exact solves: CG from zero (there is no previous estimate) would need many steps.
+        return solver.fold_in(user_items, V, bi, solver="cholesky")
+
+    def recalculate_user(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """Factors float32 [b, factors] of new users from their interactions (fold-in).
+
+        One ridge system per row against the trained item factors, with the same lambda rule,
+        confidence (iALS) and Gramian as training; biased ALS also solves each row's bias
+        (used by :meth:`score`).
+        """
+        return self._fold_in(user_items)[0].numpy()
+
+    def score(self, users: np.ndarray | None = None, user_items: sp.csr_matrix | None = None
+              ) -> np.ndarray:
+        """Scores float32 [b, n_items]: known ``users``, or ``user_items`` rows folded in."""
+        if users is not None:
+            return super().score(users)
+        P, bias = self._fold_in(user_items)
+        row_off, item_off = self._offsets(user_items.shape[0])
+        if bias is not None:
+            row_off += bias[:, None]
+        V = tf.cast(self.model.item_factors, tf.float32)
+        return (tf.matmul(P, V, transpose_b=True) + row_off + item_off).numpy()
+
+
+@register("als")
+class ALS(_ALSFit, BiasedMF):
+    """Explicit-rating (biased) matrix factorization fitted by alternating least squares."""
+
+    config_class = ALSConfig
+
+    def _model_kwargs(self, train: InteractionData) -> dict:
+        # Unbiased ALS is plain MF (r = u . v, like "mf"); biased ALS fixes mu = train mean.
+        biased = self.config.biased and train.nnz
+        return {"global_mean": float(train.values.mean()) if biased else 0.0}
+
+
+@register("ials")
+class IALS(_ALSFit, MF):
+    """Weighted ALS for implicit feedback (Hu et al. 2008) with the Gramian trick."""
+
+    config_class = IALSConfig
+    task = "implicit"
+    implicit = True
+    monitor = None
+
+    def validation_metrics(self, validation: InteractionData) -> dict[str, float]:
+        """None per iteration: rank with tfmf.evaluation after fitting."""
+        return {}

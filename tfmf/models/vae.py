@@ -1,0 +1,340 @@
+"""Mult-VAE and Mult-DAE (Liang et al. 2018, "Variational Autoencoders for Collaborative
+Filtering") as tf_keras models trained by the one Trainer.
+
+The input is a batch of users' item rows as a ``tf.SparseTensor`` [batch, n_items]; it is never
+densified: rows are L2-normalized and dropped out on their *values*, and the first encoder layer
+is a sparse-dense matmul. The decoder produces logits over all items, a log-softmax turns them
+into a multinomial, and the log-likelihood gathers that log-softmax at the input's entries only.
+
+Mult-VAE: ``loss = nll + beta * kl + l2`` with ``beta = min(anneal_cap, step / total_anneal_steps)``
+(linear KL annealing). Mult-DAE shares the code path with a deterministic encoder and no KL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import tensorflow as tf
+import tf_keras
+
+from tfmf.config import TrainConfig, check
+from tfmf.data.interactions import InteractionData
+from tfmf.data.sparse import csr_to_sparse_tensor
+from tfmf.models.keras_recommender import KerasRecommender
+from tfmf.registry import register
+from tfmf.training.precision import cast_sparse
+
+
+@dataclass
+class MultVAEConfig:
+    """Hyperparameters of Mult-VAE / Mult-DAE.
+
+    Attributes:
+      dims: encoder widths after the input, the last one being the latent size; the decoder
+        mirrors them (default [600, 200]: n_items -> 600 -> 200 -> 600 -> n_items).
+      dropout: dropout rate on the input's values (0.5 in the paper).
+      lam: L2 weight decay on all kernels (added as ``lam * sum(W ** 2)``, the paper's
+        ``2 * tf.contrib.layers.l2_regularizer(lam)``).
+      anneal_cap: largest KL weight beta.
+      total_anneal_steps: steps over which beta grows linearly from 0 (0: beta = anneal_cap).
+      variational: True for Mult-VAE, False for Mult-DAE (deterministic encoder, no KL).
+      activation: hidden-layer nonlinearity (tanh in the paper).
+      eval_batch_size: users per scoring batch in ``score`` / ``recalculate_user`` calls.
+    """
+
+    dims: list[int] = field(default_factory=lambda: [600, 200])
+    dropout: float = 0.5
+    lam: float = 0.0
+    anneal_cap: float = 0.2
+    total_anneal_steps: int = 200_000
+    variational: bool = True
+    activation: str = "tanh"
+    eval_batch_size: int = 1024
+
+    def validate(self, key: str) -> None:
+        check(len(self.dims) >= 1 and all(d >= 1 for d in self.dims), f"{key}.dims",
+              "must be a non-empty list of positive widths")
+        check(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
+        check(self.lam >= 0, f"{key}.lam", "must be >= 0")
+        check(0.0 <= self.anneal_cap, f"{key}.anneal_cap", "must be >= 0")
+        check(self.total_anneal_steps >= 0, f"{key}.total_anneal_steps", "must be >= 0")
+        check(self.activation in ("tanh", "relu", "sigmoid", "elu", "selu", "swish"),
+              f"{key}.activation", "must be one of tanh, relu, sigmoid, elu, selu, swish")
+        check(self.eval_batch_size >= 1, f"{key}.eval_batch_size", "must be >= 1")
+
+
+@dataclass
+class MultDAEConfig(MultVAEConfig):
+    """Mult-DAE: same fields, deterministic encoder (``variational`` False), weight decay on."""
+
+    variational: bool = False
+    lam: float = 0.01 / 500  # the paper's lam / batch_size
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        check(not self.variational, f"{key}.variational", "must be false for mult_dae "
+              "(use mult_vae for the variational model)")
+
+
+def l2_normalize_rows(x: tf.SparseTensor) -> tf.SparseTensor:
+    """Each row divided by its L2 norm, computed on the values (no densifying)."""
+    rows = x.indices[:, 0]
+    n_rows = tf.cast(x.dense_shape[0], tf.int32)
+    sq = tf.math.unsorted_segment_sum(tf.square(x.values), rows, n_rows)
+    inv = tf.math.rsqrt(tf.maximum(sq, tf.constant(1e-12, sq.dtype)))
+    return tf.SparseTensor(x.indices, x.values * tf.gather(inv, rows), x.dense_shape)
+
+
+class SparseDense(tf_keras.layers.Layer):
+    """Dense layer whose input is a ``tf.SparseTensor`` (first encoder layer over items).
+
+    Args:
+      units: output width.
+      input_dim: number of items (rows of the kernel).
+    """
+
+    def __init__(self, units: int, input_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.input_dim = units, input_dim
+        self.kernel = self.add_weight("kernel", shape=(input_dim, units),
+                                      initializer="glorot_uniform")
+        self.bias = self.add_weight("bias", shape=(units,), initializer="zeros")
+
+    def call(self, x: tf.SparseTensor) -> tf.Tensor:
+        # Cost is O(nnz * units): only the kernel rows of present items are touched.
+        kernel = tf.cast(self.kernel, x.values.dtype)
+        return tf.sparse.sparse_dense_matmul(x, kernel) + tf.cast(self.bias, x.values.dtype)
+
+
+class MultVAEModel(tf_keras.Model):
+    """The Keras model: encoder, reparameterization, decoder and the (annealed) ELBO.
+
+    Args:
+      n_items: catalogue size.
+      config: a :class:`MultVAEConfig` (``variational`` selects VAE vs DAE).
+      seed: seed of the model-owned random generator (dropout masks and epsilon), which is a
+        tracked variable so checkpoints (and resumed runs) continue its stream.
+    """
+
+    def __init__(self, n_items: int, config: MultVAEConfig, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.n_items = int(n_items)
+        self.cfg = config
+        self.variational = bool(config.variational)
+        dims = list(config.dims)
+        act = config.activation
+        latent = dims[-1]
+        self.encoder_in = SparseDense(dims[0] if len(dims) > 1 else self._code_width(latent),
+                                      self.n_items, name="encoder_in")
+        enc = []
+        for i, d in enumerate(dims[1:]):
+            last = i == len(dims) - 2
+            enc.append(tf_keras.layers.Dense(self._code_width(d) if last else d,
+                                             activation=None if last else act,
+                                             name=f"encoder_{i + 1}"))
+        self.encoder_layers = enc
+        dec = [tf_keras.layers.Dense(d, activation=act, name=f"decoder_{i}")
+               for i, d in enumerate(reversed(dims[:-1]))]
+        dec.append(tf_keras.layers.Dense(self.n_items, name="decoder_out"))
+        self.decoder_layers = dec
+        self.anneal_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="anneal_step")
+        self.rng = tf.random.Generator.from_seed(int(seed))
+        self._activation = tf_keras.activations.get(act)
+
+    def _code_width(self, latent: int) -> int:
+        # The VAE's encoder outputs mean and log-variance side by side.
+        return 2 * latent if self.variational else latent
+
+    # ------------------------------------------------------------------ pieces
+    def prepare_input(self, x: tf.SparseTensor, training: bool) -> tf.SparseTensor:
+        """Casts to the compute dtype, L2-normalizes rows and drops out values (training)."""
+        x = cast_sparse(x, tf.float32)
+        x = l2_normalize_rows(x)
+        rate = self.cfg.dropout
+        if training and rate > 0:
+            keep = self.rng.uniform(tf.shape(x.values), dtype=tf.float32) >= rate
+            x = tf.SparseTensor(x.indices, tf.where(keep, x.values / (1.0 - rate), 0.0),
+                                x.dense_shape)
+        return cast_sparse(x, self.compute_dtype)
+
+    def encode(self, x: tf.SparseTensor, training: bool = False):
+        """(mean, log-variance) for the VAE, (code, None) for the DAE; both float32."""
+        h = self.encoder_in(self.prepare_input(x, training))
+        if self.encoder_layers:
+            h = self._activation(h)
+        for layer in self.encoder_layers:
+            h = layer(h)
+        h = tf.cast(h, tf.float32)
+        if not self.variational:
+            # The paper's DAE applies tanh to every layer but the last of the whole network.
+            return self._activation(h), None
+        latent = self.cfg.dims[-1]
+        return h[:, :latent], h[:, latent:]
+
+    def decode(self, z: tf.Tensor) -> tf.Tensor:
+        """Item logits (float32) from latent codes."""
+        h = tf.cast(z, self.compute_dtype)
+        for layer in self.decoder_layers:
+            h = layer(h)
+        return tf.cast(h, tf.float32)
+
+    def beta(self) -> tf.Tensor:
+        """Current KL weight: linear ramp to ``anneal_cap`` over ``total_anneal_steps``."""
+        cap = tf.constant(self.cfg.anneal_cap, tf.float32)
+        if not self.variational:
+            return tf.zeros([], tf.float32)
+        if self.cfg.total_anneal_steps <= 0:
+            return cap
+        frac = tf.cast(self.anneal_step, tf.float32) / float(self.cfg.total_anneal_steps)
+        return tf.minimum(cap, frac)
+
+    def sample(self, mu: tf.Tensor, logvar: tf.Tensor | None, training: bool) -> tf.Tensor:
+        """Reparameterized z = mu + sigma * eps while training; the mean otherwise."""
+        if not (training and self.variational):
+            return mu
+        return mu + tf.exp(0.5 * logvar) * self.rng.normal(tf.shape(mu), dtype=tf.float32)
+
+    def call(self, x: tf.SparseTensor, training: bool = False) -> tf.Tensor:
+        """Logits [batch, n_items]; the latent mean is used when not training."""
+        mu, logvar = self.encode(x, training)
+        return self.decode(self.sample(mu, logvar, training))
+
+    def l2_penalty(self) -> tf.Tensor:
+        """``lam * sum(W ** 2)`` over every kernel (biases are not decayed, as in the paper)."""
+        dense = self.encoder_layers + self.decoder_layers
+        kernels = [self.encoder_in.kernel] + [layer.kernel for layer in dense]
+        return self.cfg.lam * tf.add_n([tf.reduce_sum(tf.square(tf.cast(k, tf.float32)))
+                                        for k in kernels])
+
+    def compute_loss(self, batch, training: bool = True) -> dict[str, tf.Tensor]:
+        """Negative (annealed) ELBO on a batch ``{"items": SparseTensor, ...}``.
+
+        Returns:
+          {"loss", "nll", "kl", "beta", "l2"}: nll and kl are means over the batch's users.
+        """
+        x = batch["items"] if isinstance(batch, dict) else batch
+        x = cast_sparse(x, tf.float32)
+        n_rows = tf.cast(x.dense_shape[0], tf.int32)
+        # Means over the batch's users; a rank may get an empty last batch (Horovod), which
+        # must give 0, not NaN.
+        n_safe = tf.maximum(tf.cast(n_rows, tf.float32), 1.0)
+        mu, logvar = self.encode(x, training)
+        if self.variational:
+            kl = tf.reduce_sum(0.5 * (-logvar + tf.exp(logvar) + tf.square(mu) - 1.0)) / n_safe
+        else:
+            kl = tf.zeros([], tf.float32)
+        log_probs = tf.nn.log_softmax(self.decode(self.sample(mu, logvar, training)), axis=-1)
+        # Multinomial log-likelihood: only the input's nonzero entries contribute.
+        picked = tf.gather_nd(log_probs, x.indices) * x.values
+        nll = -tf.reduce_sum(picked) / n_safe
+        beta = self.beta()
+        l2 = self.l2_penalty()
+        if training:
+            self.anneal_step.assign_add(1)
+        return {"loss": nll + beta * kl + l2, "nll": nll, "kl": kl, "beta": beta, "l2": l2}
+
+
+@register("mult_vae")
+class MultVAE(KerasRecommender):
+    """Mult-VAE recommender: scores any user from their item row (fold-in by construction).
+
+    Known users are scored from the training rows remembered at fit (``self._seen``).
+    """
+
+    config_class = MultVAEConfig
+    task = "implicit"
+    monitor = "val_ndcg@100"
+    monitor_mode = "max"
+
+    # ------------------------------------------------------------------ KerasRecommender
+    def build_model(self, train: InteractionData, train_config: TrainConfig) -> MultVAEModel:
+        model = MultVAEModel(train.n_items, self.config, seed=train_config.seed, name=self.name)
+        # Create every variable now (a one-row dummy batch) so checkpoints restore eagerly.
+        dummy = tf.SparseTensor(np.zeros((1, 2), np.int64), np.ones(1, np.float32),
+                                [1, train.n_items])
+        model(dummy, training=False)
+        self._scorer = None
+        return model
+
+    def _train_users(self, train: InteractionData) -> np.ndarray:
+        """Users with at least one training row (held-out users of a strong split have none)."""
+        counts = np.bincount(train.users, minlength=train.n_users)
+        return np.flatnonzero(counts > 0).astype(np.int32)
+
+    def make_dataset(self, train, train_config, epoch, rank, size):
+        from tfmf.data.pipelines import user_rows
+
+        return user_rows(self._seen, train_config.batch_size, users=self._train_users(train),
+                         seed=train_config.seed, epoch=epoch, rank=rank, size=size,
+                         shuffle=train_config.shuffle, prefetch=train_config.prefetch)
+
+    def steps_per_epoch(self, train, train_config, size):
+        from tfmf.data.pipelines import steps_per_epoch
+
+        return steps_per_epoch(len(self._train_users(train)), train_config.batch_size, size)
+
+    def validation_metrics(self, validation) -> dict[str, float]:
+        """NDCG@100 and Recall@20 on ``validation`` (known users' held-out items, or a
+        StrongSplit of held-out users), for per-epoch logs and early stopping."""
+        from tfmf.config import EvalConfig
+        from tfmf.evaluation import evaluate
+
+        cfg = EvalConfig(metrics=["ndcg", "recall"], ks=[20, 100],
+                         batch_size=self.config.eval_batch_size)
+        res = evaluate(self, validation, cfg)
+        return {f"val_{k}": res[k] for k in ("ndcg@100", "recall@20")}
+
+    # ------------------------------------------------------------------ inference
+    def _rows(self, users, user_items) -> sp.csr_matrix:
+        if user_items is not None:
+            return sp.csr_matrix(user_items, dtype=np.float32)
+        if users is None:
+            raise ValueError("give users (known) or user_items (fold-in)")
+        if self._seen is None:
+            raise ValueError("model is not fitted: no training rows to encode known users from")
+        return self._seen[np.asarray(users)]
+
+    def _batched(self, rows: sp.csr_matrix, fn) -> np.ndarray:
+        step = self.config.eval_batch_size
+        parts = [fn(csr_to_sparse_tensor(rows[s:s + step])).numpy()
+                 for s in range(0, rows.shape[0], step)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def _fns(self):
+        if getattr(self, "_scorer", None) is None:
+            model = self.model
+            # reduce_retracing: one trace serves every batch size / nnz.
+            self._scorer = (
+                tf.function(lambda x: model(x, training=False), reduce_retracing=True),
+                tf.function(lambda x: model.encode(x, training=False)[0], reduce_retracing=True))
+        return self._scorer
+
+    def score(self, users=None, user_items=None) -> np.ndarray:
+        """Decoder logits [batch, n_items] from the rows of ``user_items`` or known ``users``."""
+        if self.model is None:
+            raise ValueError("model is not fitted")
+        out = self._batched(self._rows(users, user_items), self._fns()[0])
+        return out.reshape(-1, self.n_items).astype(np.float32, copy=False)
+
+    def recalculate_user(self, user_items) -> np.ndarray:
+        """Latent means [batch, latent] (Mult-DAE: the deterministic code) of new rows."""
+        out = self._batched(self._rows(None, user_items), self._fns()[1])
+        return out.reshape(-1, self.config.dims[-1]).astype(np.float32, copy=False)
+
+    def export_spec(self):
+        from tfmf.export import RowSpec
+
+        model = self.model
+        return RowSpec(lambda x: model(x, training=False), model.variables)
+
+    def _load_state(self, path: str) -> None:
+        super()._load_state(path)
+        self._scorer = None
+
+
+@register("mult_dae")
+class MultDAE(MultVAE):
+    """Mult-DAE: Mult-VAE's code path with a deterministic encoder and no KL term."""
+
+    config_class = MultDAEConfig
