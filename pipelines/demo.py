@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from tfmf import runner
 
-    paths = args.configs or sorted(glob.glob(os.path.join(ROOT, "configs", "sample_*.yaml")))
+    paths = args.configs or sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "sample_*.yaml"))
+                                   if not p.endswith("_tune.yaml"))  # tuning configs: tfmf tune
     if not paths:
         print("no configs/sample_*.yaml found", file=sys.stderr)
         return 2
@@ -51,12 +52,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_table(rows) -> str:
-    metrics: list[str] = []
-    for _, m, _ in rows:
-        metrics += [k for k in m if k not in metrics]
+    """One table per group of models sharing a metric set (rating vs ranking models)."""
+    groups: dict[tuple, list] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[1]), []).append(row)
+    return "\n\n".join(_table(list(metrics), group) for metrics, group in groups.items())
+
+
+def _table(metrics: list[str], rows) -> str:
     header = ["model"] + metrics + ["seconds"]
-    body = [[name] + [f"{m[k]:.4f}" if k in m else "-" for k in metrics] + [f"{s:.1f}"]
-            for name, m, s in rows]
+    body = [[name] + [f"{m[k]:.4f}" for k in metrics] + [f"{s:.1f}"] for name, m, s in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                   for i, (c, w) in enumerate(zip(cells, widths)))

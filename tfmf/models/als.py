@@ -529,7 +529,7 @@ class _ALSFit:
         # The Trainer is used for its logging (console, history.csv, TensorBoard) and as the
         # callbacks' handle, so ALS runs report exactly like gradient-trained ones.
         trainer = Trainer(cfg, run_dir=run_dir, callbacks=callbacks)
-        writer = trainer._summary_writer()
+        writer = trainer.summary_writer()
         self.history = trainer.history
         for it in range(c.iterations):
             t0 = time.perf_counter()
@@ -549,13 +549,13 @@ class _ALSFit:
 
                 raise TrainingDiverged(it + 1, 1, row["loss"])
             self.history.append(row)
-            trainer._log_epoch(row, writer)
+            trainer.log_epoch(row, writer)
             for cb in trainer.callbacks:
                 cb.on_epoch_end(trainer, it + 1, row)
             if trainer.stop_training:
                 break
         if run_dir is not None:
-            trainer._write_history()
+            trainer.write_history()
         return self
 
     # ------------------------------------------------------------------ fold-in

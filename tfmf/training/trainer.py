@@ -120,7 +120,7 @@ class Trainer:
             self.history = [h for h in self._read_history() if h["epoch"] <= start_epoch]
 
         train_step = self._make_train_step(model, optimizer)
-        writer = self._summary_writer()
+        writer = self.summary_writer()
         best, bad_epochs = None, 0
         synced = not distributed.is_distributed()
         for epoch in range(start_epoch, cfg.epochs):
@@ -168,13 +168,13 @@ class Trainer:
             row = {"epoch": epoch + 1, **logs}
             self.history.append(row)
             epoch_var.assign(epoch + 1)
-            self._log_epoch(row, writer)
+            self.log_epoch(row, writer)
             if manager is not None and distributed.is_chief() and (
                     (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0)
                     or epoch + 1 == cfg.epochs):
                 # History first: a kill between the two leaves a history row the resumed run
                 # drops and redoes, never a checkpoint whose history row is lost.
-                self._write_history()
+                self.write_history()
                 manager.save(checkpoint_number=epoch + 1)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, epoch + 1, row)
@@ -193,7 +193,7 @@ class Trainer:
         if writer is not None:
             writer.flush()
         if self.run_dir is not None and distributed.is_chief():
-            self._write_history()
+            self.write_history()
         return self.history
 
     # ------------------------------------------------------------------ internals
@@ -228,12 +228,15 @@ class Trainer:
         return tqdm(dataset, total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                     leave=False, unit="step", dynamic_ncols=True)
 
-    def _summary_writer(self):
+    # Public so closed-form fits (ALS) report through the same console/CSV/TensorBoard path.
+    def summary_writer(self):
+        """TensorBoard writer under ``run_dir/tensorboard`` (rank 0 only; None otherwise)."""
         if self.run_dir is None or not distributed.is_chief():
             return None
         return tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard"))
 
-    def _log_epoch(self, row: dict, writer) -> None:
+    def log_epoch(self, row: dict, writer) -> None:
+        """Writes one epoch's scalars to TensorBoard and, if verbose, a console line."""
         if not distributed.is_chief():
             return
         if writer is not None:
@@ -249,7 +252,7 @@ class Trainer:
     def _history_path(self) -> str:
         return os.path.join(self.run_dir, "history.csv")
 
-    def _write_history(self) -> None:
+    def write_history(self) -> None:
         """history.csv, replaced atomically so a kill never leaves half a file."""
         keys: list[str] = []
         for row in self.history:
