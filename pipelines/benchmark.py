@@ -281,7 +281,8 @@ def implicit_ml100k(args) -> dict:
         "fit_s: mean wall seconds per fold of fit() (tfmf includes tf.function tracing); "
         "fit_x_ials: fit_s / tfmf iALS's fit_s.",
         "Configs: " + ", ".join(f"{m}: {os.path.relpath(MODELS[m][0], ROOT)}"
-                                for m in IMPLICIT_MODELS) + " (popularity: none); "
+                                for m in IMPLICIT_MODELS if MODELS[m][1] is not None)
+        + " (popularity: no hyperparameters); "
         "implicit's ALS gets "
         "iALS's factors, regularization, iterations and alpha + 1 (implicit >= 0.5 uses "
         "c = alpha * r, tfmf c = 1 + alpha * r), all cores, BLAS limited to one thread.",

@@ -224,7 +224,10 @@ def cmd_recommend(args) -> int:
         who = {"user": args.user}
     titles = ids.get("item_titles")
     recs = []
-    for rank, (i, s) in enumerate(zip(idx[0], scores[0]), start=1):
+    # Seen items score -inf: they fill a K beyond the unseen items and are no
+    # recommendations (and -Infinity is not valid JSON).
+    finite = np.isfinite(scores[0])
+    for rank, (i, s) in enumerate(zip(idx[0][finite], scores[0][finite]), start=1):
         rec = {"rank": rank, "item": ids["item_ids"][i].item(), "score": float(s)}
         if titles is not None:
             rec["title"] = str(titles[i])
@@ -241,6 +244,8 @@ def cmd_recommend(args) -> int:
 def cmd_export(args) -> int:
     from tfmf.export import export_run
 
+    if args.k < 1:
+        raise CliError(f"--k must be >= 1, got {args.k}")
     info = export_run(args.run_dir, args.out, k=args.k)
     if info["k"] < args.k:
         _warn(f"--k {args.k} exceeds the catalogue; the export returns {info['k']} items")
