@@ -42,15 +42,12 @@ def nested_fold(cfg, fold: str, out_dir: str, data, progress: bool = True) -> di
     """
     import dataclasses
 
-    from tfmf.config import RunConfig
     from tfmf.evaluation.model_selection import cross_validate
     from tfmf.runner import splits_for
     from tfmf.tuning import run_tuning
 
     split = dataclasses.replace(cfg.data.split, kind="official", folds=[fold])
-    cfg = RunConfig(model_name=cfg.model_name, model=cfg.model,
-                    data=dataclasses.replace(cfg.data, split=split), train=cfg.train,
-                    eval=cfg.eval, tune=cfg.tune, output_dir=cfg.output_dir)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split=split))
     t0 = time.perf_counter()
     res = run_tuning(cfg, out_dir, data=data, progress=progress)
     tune_s = time.perf_counter() - t0

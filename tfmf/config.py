@@ -220,7 +220,9 @@ class EvalConfig:
     exclude_seen: bool = True
 
     def validate(self, key: str) -> None:
-        known = {"rmse", "mae", "ndcg", "recall", "precision", "map"}
+        from tfmf.evaluation import RANKING_METRICS, RATING_METRICS  # lazy: no import cycle
+
+        known = set(RATING_METRICS + RANKING_METRICS)
         bad = [m for m in self.metrics if m not in known]
         _check(not bad, f"{key}.metrics", f"unknown metric(s) {bad}; known: {sorted(known)}")
         _check(all(k >= 1 for k in self.ks), f"{key}.ks", "every K must be >= 1")

@@ -78,11 +78,16 @@ def load_data(cfg: RunConfig) -> InteractionData:
 
 def splits_for(cfg: RunConfig, data: InteractionData):
     """All (train, test) folds the config's split describes (a list)."""
-    if cfg.data.split.kind == "none":
-        return [(data, None)]
     from tfmf.data.splits import make_splits
 
     return list(make_splits(data, cfg.data.split, data_dir=cfg.data.data_dir))
+
+
+def first_split(cfg: RunConfig, data: InteractionData):
+    """Only the first fold (train/evaluate/tune use one): later folds are never built."""
+    from tfmf.data.splits import make_splits
+
+    return next(iter(make_splits(data, cfg.data.split, data_dir=cfg.data.data_dir)))
 
 
 def train(cfg: RunConfig, run_dir: str | None = None, *, resume: bool = False,
@@ -106,8 +111,7 @@ def train(cfg: RunConfig, run_dir: str | None = None, *, resume: bool = False,
     if chief:
         prepare_run_dir(run_dir, cfg, resume=resume)
     data = data if data is not None else load_data(cfg)
-    fold = splits_for(cfg, data)[0]
-    train_part, test = split_parts(fold)
+    train_part, test = split_parts(first_split(cfg, data))
     _check_split_sizes(cfg, data, train_part, test)
     model = build_model(cfg.model_name, cfg.model)
     validation = test if isinstance(test, InteractionData) and not test.implicit else None
@@ -144,8 +148,12 @@ def _check_split_sizes(cfg: RunConfig, data: InteractionData, train_part, test) 
 def cross_validate(cfg: RunConfig, run_dir: str | None = None, *,
                    data: InteractionData | None = None, verbose: bool = True):
     """Runs every fold of the config's split; writes metrics.json with per-fold + summary."""
+    from tfmf.errors import ConfigError
     from tfmf.evaluation.model_selection import cross_validate as cv
 
+    if cfg.data.split.kind == "none":
+        raise ConfigError("cross-validation needs held-out data; choose a split kind other "
+                          "than 'none'", key="data.split.kind")
     data = data if data is not None else load_data(cfg)
     if run_dir is not None and distributed.is_chief():
         prepare_run_dir(run_dir, cfg)
@@ -215,7 +223,7 @@ def evaluate_run(run: LoadedRun, data: InteractionData | None = None) -> dict:
                         f"({data.n_users}x{data.n_items} vs {len(run.ids['user_ids'])}x"
                         f"{len(run.ids['item_ids'])}); evaluate with the run's data",
                         path=cfg.data.source)
-    _, test = split_parts(splits_for(cfg, data)[0])
+    _, test = split_parts(first_split(cfg, data))
     if test is None:
         raise DataError("the run's split is 'none': there is no test part to evaluate on "
                         "(override with --set data.split.kind=holdout)", path=cfg.data.source)

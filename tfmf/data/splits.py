@@ -195,12 +195,12 @@ def make_splits(data: InteractionData, cfg: SplitConfig,
     """Dispatches on ``cfg.kind``.
 
     Yields:
-      ``(train, test)`` pairs for none (all data, empty test), holdout, kfold, official and
+      ``(train, test)`` pairs for none (all data, test None), holdout, kfold, official and
       temporal; :class:`StrongSplit` for strong (one) and user_folds (``n_folds``).
     """
     kind = cfg.kind
     if kind == "none":
-        yield data, data.subset(np.zeros(data.nnz, bool))
+        yield data, None  # nothing held out: train-only runs
     elif kind == "holdout":
         yield holdout(data, cfg.test_fraction, cfg.seed)
     elif kind == "kfold":

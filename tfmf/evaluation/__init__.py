@@ -1,6 +1,10 @@
 """Evaluation: rating metrics (rating.py), ranking metrics (ranking.py), model selection."""
 from __future__ import annotations
 
+#: Metric names EvalConfig, the evaluators and the tuner's objectives all read from here.
+RATING_METRICS = ("rmse", "mae")
+RANKING_METRICS = ("ndcg", "recall", "precision", "map")
+
 
 def evaluate(model, test, eval_config=None) -> dict[str, float]:
     """Scores a fitted model on a test fold, choosing the protocol from the fold's type.
@@ -18,7 +22,7 @@ def evaluate(model, test, eval_config=None) -> dict[str, float]:
     from tfmf.config import EvalConfig
 
     cfg = eval_config or EvalConfig()
-    rating_metrics = [m for m in cfg.metrics if m in ("rmse", "mae")]
+    rating_metrics = [m for m in cfg.metrics if m in RATING_METRICS]
     if hasattr(test, "target"):
         from tfmf.evaluation.ranking import evaluate_strong
 

@@ -1,12 +1,11 @@
 """Model selection in the style of scikit-learn / Surprise: fit per fold, report the spread."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -82,7 +81,7 @@ def split_parts(fold) -> tuple[Any, Any]:
 
 def cross_validate(model_name: str, model_config, folds: Iterable, *, train_config=None,
                    eval_config=None, run_dir: str | None = None,
-                   evaluate_fn: Callable = evaluate, verbose: bool = True) -> CVResult:
+                   verbose: bool = True) -> CVResult:
     """Fits a fresh model on each fold's training part and evaluates it on the held-out part.
 
     Args:
@@ -92,7 +91,6 @@ def cross_validate(model_name: str, model_config, folds: Iterable, *, train_conf
       train_config: tfmf.config.TrainConfig for gradient/ALS models.
       eval_config: tfmf.config.EvalConfig.
       run_dir: if given, each fold trains in ``run_dir/fold_<k>``.
-      evaluate_fn: ``(model, test, eval_config) -> dict``.
       verbose: print one line per fold.
 
     Returns:
@@ -106,7 +104,7 @@ def cross_validate(model_name: str, model_config, folds: Iterable, *, train_conf
         t0 = time.perf_counter()
         model.fit(train, train_config, run_dir=fold_dir)
         fit_s = time.perf_counter() - t0
-        metrics = evaluate_fn(model, test, eval_config)
+        metrics = evaluate(model, test, eval_config)
         row = {"fold": k, **metrics, "fit_seconds": fit_s}
         result.per_fold.append(row)
         if verbose:
@@ -115,11 +113,3 @@ def cross_validate(model_name: str, model_config, folds: Iterable, *, train_conf
     if not result.per_fold:
         raise ValueError("cross_validate got no folds")
     return result
-
-
-def with_overrides(config, **changes):
-    """dataclasses.replace that also validates (for tuning and scripts)."""
-    new = dataclasses.replace(config, **changes)
-    if hasattr(new, "validate"):
-        new.validate("model")
-    return new

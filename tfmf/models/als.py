@@ -355,7 +355,6 @@ class ALSSolver:
         train.sort_indices()
         by_item = train.T.tocsr()
         by_item.sort_indices()
-        self.shape = train.shape
         self.nnz = train.nnz
         self.alpha, self.biased, self.mu = alpha, biased, float(mu)
         self.solver, self.cg_steps = solver, cg_steps

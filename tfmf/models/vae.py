@@ -246,6 +246,7 @@ class MultVAE(KerasRecommender):
     task = "implicit"
     monitor = "val_ndcg@100"
     monitor_mode = "max"
+    _scorer = None  # compiled scoring function, built on first use after (re)building the model
 
     # ------------------------------------------------------------------ KerasRecommender
     def build_model(self, train: InteractionData, train_config: TrainConfig) -> MultVAEModel:
@@ -302,7 +303,7 @@ class MultVAE(KerasRecommender):
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     def _fns(self):
-        if getattr(self, "_scorer", None) is None:
+        if self._scorer is None:
             model = self.model
             # reduce_retracing: one trace serves every batch size / nnz.
             self._scorer = (
@@ -327,10 +328,6 @@ class MultVAE(KerasRecommender):
 
         model = self.model
         return RowSpec(lambda x: model(x, training=False), model.variables)
-
-    def _load_state(self, path: str) -> None:
-        super()._load_state(path)
-        self._scorer = None
 
 
 @register("mult_dae")

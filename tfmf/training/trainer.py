@@ -203,7 +203,7 @@ class Trainer:
         Public so benchmarks time exactly the step ``fit`` runs.
         """
         scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
-        sparse_as_dense = bool(getattr(self.config, "sparse_as_dense", False))
+        sparse_as_dense = self.config.sparse_as_dense
 
         names: list[str] = []  # loss component names, fixed at the first trace
 

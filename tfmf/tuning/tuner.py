@@ -37,7 +37,7 @@ from keras_tuner.engine import base_tuner
 from keras_tuner.engine import trial as trial_module
 
 #: Ranking metrics (maximised); rating metrics (rmse, mae) are minimised.
-RANKING_METRICS = ("ndcg", "recall", "precision", "map")
+from tfmf.evaluation import RANKING_METRICS, RATING_METRICS  # noqa: E402
 #: Random trials before the Gaussian process of the Bayesian oracle takes over.
 MAX_INITIAL_POINTS = 3
 #: How many of the best first-stage trials define the second-stage ranges of two_stage.
@@ -69,7 +69,7 @@ class Objective:
 
 def parse_objective(name: str) -> Objective:
     """``rmse``/``mae`` (min) or ``ndcg@K``/``recall@K``/``precision@K``/``map@K`` (max)."""
-    if name in ("rmse", "mae"):
+    if name in RATING_METRICS:
         return Objective(name, "min")
     base, _, k = name.partition("@")
     if base in RANKING_METRICS and k.isdigit() and int(k) >= 1:
@@ -88,9 +88,9 @@ def trial_eval_config(cfg: RunConfig, objective: Objective) -> EvalConfig:
 def training_part(cfg: RunConfig, data):
     """The training part of the config's (first) split: the only data a search ever sees."""
     from tfmf.evaluation.model_selection import split_parts
-    from tfmf.runner import splits_for
+    from tfmf.runner import first_split
 
-    train, _ = split_parts(splits_for(cfg, data)[0])
+    train, _ = split_parts(first_split(cfg, data))
     return train
 
 
