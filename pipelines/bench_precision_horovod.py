@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 import tfmf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from tfmf.tables import format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -233,23 +234,6 @@ def horovod_suite(nps=(1, 2), config: str | None = None, overrides=(),
                          "final_loss": float(hist[-1]["loss"]),
                          **{k: v for k, v in metrics["metrics"].items()}})
     return rows
-
-
-def format_table(rows: list[dict], markdown: bool = False) -> str:
-    """Plain-text (or GitHub markdown) table of rows (floats with 4 significant digits)."""
-    if not rows:
-        return "(no rows)"
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-    cells = [[fmt(r.get(k)) for k in keys] for r in rows]
-    if markdown:
-        return "\n".join("| " + " | ".join(cs) + " |"
-                         for cs in [keys, ["---"] * len(keys), *cells])
-    widths = [max(len(k), *(len(c[j]) for c in cells)) for j, k in enumerate(keys)]
-    line = lambda cs: "  ".join(c.rjust(w) for c, w in zip(cs, widths))
-    return "\n".join([line(keys), line(["-" * w for w in widths])] + [line(c) for c in cells])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 import tfmf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from pipelines.bench_precision_horovod import format_table
+from tfmf.tables import format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -114,7 +114,10 @@ def markdown(result: dict) -> str:
 
 # --------------------------------------------------------------------------- explicit-ml100k
 #: tfmf rows of explicit-ml100k: label -> config file
-EXPLICIT = {"mf": "ml100k_mf.yaml", "biased_mf": "ml100k_biased_mf.yaml", "als": "ml100k_als.yaml"}
+EXPLICIT = {"mf": "ml100k_mf.yaml", "biased_mf": "ml100k_biased_mf.yaml", "als": "ml100k_als.yaml",
+            "bayesian_mf": "ml100k_bayesian_mf.yaml"}
+#: --scale tiny overrides per tfmf row (seconds instead of minutes; numbers meaningless)
+_TINY = {"als": ["model.iterations=1"], "bayesian_mf": ["model.burn_in=1", "model.samples=2"]}
 EXPLICIT_METRICS = ("rmse", "mae")
 #: Surprise SVD's RMSE on u1, the time-to-target goal when Surprise is not installed.
 SVD_U1_RMSE = 0.938
@@ -130,7 +133,7 @@ def surprise_fold(algo, train, test) -> dict:
     import pandas as pd
     from surprise import Dataset, Reader
 
-    lo, hi = train.rating_scale or (float(train.values.min()), float(train.values.max()))
+    lo, hi = train.clip_range()
     df = pd.DataFrame({"user": train.users.astype(np.int64), "item": train.items.astype(np.int64),
                        "rating": train.values.astype(np.float64)})
     trainset = Dataset.load_from_df(df, Reader(rating_scale=(lo, hi))).build_full_trainset()
@@ -192,8 +195,7 @@ def explicit_ml100k(args) -> dict:
     svd = rows[0] if rows else {"fit_s": None, "ttt_s": None, "u1_rmse": SVD_U1_RMSE}
     target = svd["u1_rmse"]
     for label, path in EXPLICIT.items():
-        tiny_set = (["model.iterations=1"] if label == "als"
-                    else ["train.epochs=1", "train.batch_size=2048"]) if tiny else []
+        tiny_set = _TINY.get(label, ["train.epochs=1", "train.batch_size=2048"]) if tiny else []
         cfg = load_config(os.path.join(CONFIGS, path),
                           overrides=["train.verbose=0", *data_set, *tiny_set])
         cv = cross_validate(cfg.model_name, cfg.model, folds, train_config=cfg.train,

@@ -53,19 +53,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_table(rows) -> str:
     """One table per group of models sharing a metric set (rating vs ranking models)."""
+    from tfmf.tables import format_table as table
+
     groups: dict[tuple, list] = {}
     for row in rows:
         groups.setdefault(tuple(row[1]), []).append(row)
-    return "\n\n".join(_table(list(metrics), group) for metrics, group in groups.items())
-
-
-def _table(metrics: list[str], rows) -> str:
-    header = ["model"] + metrics + ["seconds"]
-    body = [[name] + [f"{m[k]:.4f}" for k in metrics] + [f"{s:.1f}"] for name, m, s in rows]
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in body])
+    return "\n\n".join(
+        table([{"model": name, **m, "seconds": s} for name, m, s in group], float_format=".4f",
+              columns=["model", *metrics, "seconds"], formats={"seconds": ".1f"})
+        for metrics, group in groups.items())
 
 
 if __name__ == "__main__":

@@ -110,12 +110,26 @@ def test_make_splits_dispatch():
 
 
 def test_official_folds(ml100k_dir):
-    d = _data()
+    from tfmf.data.movielens import load_movielens
+
     official = list(official_folds(["u2", "ub"], ml100k_dir))
     assert [t.nnz for _, t in official] == [20_000, 9_430]
+    full = load_movielens("ml-100k", ml100k_dir)
     cfg = SplitConfig(kind="official", folds=["u3"])
-    (train, test), = make_splits(d, cfg, data_dir=ml100k_dir)
+    (train, test), = make_splits(full, cfg, data_dir=ml100k_dir)
     assert (train.nnz, test.nnz, train.n_users) == (80_000, 20_000, 943)
+    # The split is of the data passed in: a binarized copy splits into the binarized fold.
+    (btrain, btest), = make_splits(full.binarize(4.0), cfg, data_dir=ml100k_dir)
+    assert btest.nnz == int((test.values >= 4.0).sum())
+    assert btrain.nnz == int((train.values >= 4.0).sum())
+    assert set(np.unique(btest.values)) == {1.0}
+
+
+def test_official_folds_reject_other_data(ml100k_dir):
+    d = _data()
+    d = d.subset(np.zeros(d.nnz, bool))  # no rows: certainly none of u1.test's pairs
+    with pytest.raises(DataError, match="official folds split ML-100K only"):
+        next(official_folds(["u1"], ml100k_dir, data=d))
 
 
 # --------------------------------------------------------------------------- properties

@@ -116,6 +116,16 @@ def test_export_caps_k_and_replaces_atomically(tiny, tmp_path):
     got = tf.saved_model.load(out).signatures["recommend"](
         users=tf.constant(data.user_ids[:2], tf.int64))
     assert got["item_ids"].shape == (2, data.n_items)
+    # k = catalogue size: each row ends with the user's seen items, scored -inf, like
+    # Recommender.recommend; the finite part is exactly the unseen items.
+    seen = data.to_csr()[:2]
+    want_idx, want_scores = model.recommend(np.arange(2), k=data.n_items)
+    scores = got["scores"].numpy()
+    np.testing.assert_array_equal(np.isinf(scores), np.isinf(want_scores))
+    for r in range(2):
+        n_seen = seen[r].nnz
+        assert n_seen > 0 and np.isneginf(scores[r, -n_seen:]).all()
+        assert np.isfinite(scores[r, :-n_seen]).all()
 
 
 def test_export_failure_leaves_nothing(tiny, tmp_path):

@@ -93,3 +93,11 @@ def test_save_load_round_trip(tmp_path):
     for f in ("users", "items", "values", "timestamps", "user_ids", "item_ids"):
         np.testing.assert_array_equal(getattr(d, f), getattr(e, f))
     assert e.rating_scale == (1.0, 5.0) and e.name == "t"
+
+
+def test_clip_range_prefers_the_declared_scale_then_the_observed_values():
+    d = InteractionData.from_raw([1, 2, 2], [5, 5, 6], [2.0, 3.5, 4.0])
+    assert d.clip_range() == (2.0, 4.0)
+    scaled = InteractionData.from_raw([1, 2], [5, 6], [2.0, 3.0], rating_scale=(1, 5))
+    assert scaled.clip_range() == (1.0, 5.0)
+    assert d.subset(np.zeros(d.nnz, bool)).clip_range() is None

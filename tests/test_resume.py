@@ -101,3 +101,17 @@ def test_resume_of_a_run_without_checkpoints_fails_cleanly(tmp_path, capsys):
     code = main(["train", "--resume", str(run_dir), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "nothing to resume" in err and str(run_dir) in err
+
+
+def test_resume_with_other_model_settings_is_refused_before_touching_the_run(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert _train(run_dir, epochs=1) == 0
+    before = {p: (run_dir / p).read_bytes() for p in ("metrics.json", "config.yaml")}
+    args = ["train", "--resume", str(run_dir), "--quiet", "--set", "train.epochs=2"]
+    for s in SETTINGS + ["model.embedding_dim=16"]:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "model.embedding_dim" in err and "16" in err and "8" in err
+    # The finished 1-epoch run is still intact: metrics and snapshot as they were.
+    assert {p: (run_dir / p).read_bytes() for p in before} == before

@@ -8,7 +8,9 @@ Signatures:
   pair (``Recommender.score``, i.e. unclipped predicted ratings for explicit models).
 * ``recommend(users)`` -> ``{"item_ids": [n, k], "scores": float32 [n, k]}`` (+ ``"titles"``
   when the dataset has item titles): top-k unseen items per known user; k is fixed at export
-  (capped at the catalogue size).
+  (capped at the catalogue size). The output is dense [n, k]: a user with fewer than k unseen
+  items gets the rest of the row filled with seen items scored ``-inf`` (drop entries whose
+  score is ``-inf``), as ``Recommender.recommend`` does.
 * ``recommend_from_items(items)`` -> ``{"item_ids": [k], "scores": float32 [k]}`` (+ titles):
   fold-in top-k for one new user given the raw ids of the items they interacted with (those
   items are excluded). Only for models scored from interaction rows (Mult-VAE/DAE, EASE).

@@ -63,11 +63,39 @@ def prepare_run_dir(run_dir: str, cfg: RunConfig, resume: bool = False) -> None:
     if not resume and os.path.exists(os.path.join(run_dir, "metrics.json")):
         raise ConfigError(f"run directory {run_dir!r} already holds a finished run; "
                           "choose another run_name or output_dir", key="run_name")
+    if resume:
+        _check_resumable(run_dir, cfg)
     if resume and os.path.exists(os.path.join(run_dir, "metrics.json")):
         # The snapshot below describes the continued run: the old metrics no longer match it,
         # and metrics.json must only mark a complete run.
         os.remove(os.path.join(run_dir, "metrics.json"))
     _atomic_write(os.path.join(run_dir, "config.yaml"), cfg.to_yaml())
+
+
+def _check_resumable(run_dir: str, cfg: RunConfig) -> None:
+    """Refuses to resume with model or data settings other than the run's snapshot.
+
+    The checkpoint holds tensors shaped by them (embedding sizes, id spaces): restoring into
+    another shape fails deep in TensorFlow. ``train.*`` may change (e.g. more epochs).
+    """
+    from tfmf.config import load_config, to_dict
+    from tfmf.errors import ConfigError
+
+    snapshot = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(snapshot):
+        return  # nothing recorded; the Trainer reports a missing checkpoint itself
+    old = load_config(snapshot)
+    if old.model_name != cfg.model_name:
+        raise ConfigError(f"cannot resume run {run_dir!r}: it trained {old.model_name!r}, the "
+                          f"config asks for {cfg.model_name!r}", key="model.name")
+    for section in ("model", "data"):
+        was, now = to_dict(getattr(old, section)), to_dict(getattr(cfg, section))
+        for field in sorted(set(was) | set(now)):
+            if was.get(field) != now.get(field):
+                raise ConfigError(
+                    f"cannot resume run {run_dir!r} with {section}.{field}={now.get(field)!r}: it "
+                    f"was trained with {was.get(field)!r} (only train.* settings may change on "
+                    "resume)", key=f"{section}.{field}")
 
 
 def load_data(cfg: RunConfig) -> InteractionData:
@@ -292,9 +320,11 @@ def plot_learning_curve(history: list[dict], path: str) -> None:
 
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("loss", "data"):
-        if key in history[0]:
-            ax.plot(epochs, [h[key] for h in history], label=f"train {key}")
+    # Sampling fits (bayesian_mf) have no objective; they log the train RMSE of each draw.
+    train_keys = [k for k in ("loss", "data") if k in history[0]] or [
+        k for k in ("rmse",) if k in history[0]]
+    for key in train_keys:
+        ax.plot(epochs, [h[key] for h in history], label=f"train {key}")
     val_keys = [k for k in history[-1] if k.startswith("val_")]
     if val_keys:
         ax2 = ax.twinx()
@@ -302,7 +332,8 @@ def plot_learning_curve(history: list[dict], path: str) -> None:
             ax2.plot(epochs, [h.get(k, np.nan) for h in history], "--", label=k)
         ax2.legend(loc="upper right")
     ax.set_xlabel("epoch")
-    ax.legend(loc="upper left")
+    if train_keys:
+        ax.legend(loc="upper left")
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=80)

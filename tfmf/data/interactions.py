@@ -192,6 +192,15 @@ class InteractionData:
         return out
 
     # ------------------------------------------------------------------ id mapping
+    def clip_range(self) -> tuple[float, float] | None:
+        """The range predictions are clipped to: the declared ``rating_scale``, else the
+        observed (min, max) of the values, None without interactions."""
+        if self.rating_scale is not None:
+            return self.rating_scale
+        if self.nnz == 0:
+            return None
+        return float(self.values.min()), float(self.values.max())
+
     def user_index(self, raw: Sequence[Any] | np.ndarray) -> np.ndarray:
         """Raw user ids -> int32 indices. Raises KeyError naming the first unknown id."""
         return _lookup(self.user_ids, raw, "user")

@@ -130,20 +130,45 @@ def load_movielens(name: str, data_dir: str | os.PathLike | None = None,
     return _read_ratings(root / spec.ratings, spec, name, _read_titles(root, spec))
 
 
-def load_ml100k_fold(fold: str, data_dir: str | os.PathLike | None = None
+def load_ml100k_fold(fold: str, data_dir: str | os.PathLike | None = None,
+                     data: InteractionData | None = None
                      ) -> tuple[InteractionData, InteractionData]:
-    """An official ML-100K fold (u1..u5, ua, ub) as (train, test) in the id space of u.data.
+    """An official ML-100K fold (u1..u5, ua, ub) as (train, test).
 
-    Both parts have ``n_users == 943`` and ``n_items == 1682``, so a model fit on the train part
-    can score the test part.
+    Every fold's base and test files partition u.data, so the fold is a split of ``data``
+    (default: u.data as loaded by :func:`load_movielens`): its test part holds the rows whose
+    raw (user, item) pair is in ``<fold>.test``, its train part all other rows. Passing the
+    loaded (possibly binarized or filtered) data keeps its id space and transforms; only the
+    small test file is read. Both parts have ``data``'s ``n_users`` and ``n_items``.
+
+    Raises:
+      DataError: unknown fold, missing files, or ``data`` holding none of the fold's pairs
+        (not ML-100K).
     """
     if fold not in ML100K_FOLDS:
         raise DataError(f"unknown ML-100K fold {fold!r}; known: {list(ML100K_FOLDS)}")
-    full = load_movielens("ml-100k", data_dir)
+    full = data if data is not None else load_movielens("ml-100k", data_dir)
     root = find_movielens("ml-100k", data_dir)
     spec = SPECS["ml-100k"]
-    return tuple(_in_id_space(_read_ratings(root / f"{fold}.{part}", spec, f"ml-100k/{fold}.{part}"),
-                              full) for part in ("base", "test"))
+    test = _read_ratings(root / f"{fold}.test", spec, f"ml-100k/{fold}.test")
+    try:
+        mask = _pair_mask(full, test.user_ids[test.users], test.item_ids[test.items])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"official ML-100K folds need integer MovieLens ids ({exc})") from None
+    if test.nnz and not mask.any():
+        raise DataError(f"none of the {test.nnz} pairs of ml-100k/{fold}.test is in the data "
+                        f"({full.name}): official folds split ML-100K only")
+    return full.subset(~mask), full.subset(mask)
+
+
+def _pair_mask(data: InteractionData, raw_users: np.ndarray, raw_items: np.ndarray
+               ) -> np.ndarray:
+    """Bool [nnz]: whether each row's raw (user, item) pair is among the given pairs."""
+    users = np.asarray(data.user_ids, np.int64)[data.users]
+    items = np.asarray(data.item_ids, np.int64)[data.items]
+    raw_users, raw_items = np.asarray(raw_users, np.int64), np.asarray(raw_items, np.int64)
+    width = int(max(items.max(initial=0), raw_items.max(initial=0))) + 1
+    return np.isin(users * width + items, raw_users * width + raw_items)
 
 
 def _read_ratings(path: Path, spec: MovieLensSpec, name: str,

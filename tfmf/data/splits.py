@@ -84,12 +84,19 @@ def holdout(data: InteractionData, test_fraction: float = 0.2, seed: int = 0) ->
 
 
 def official_folds(names=("u1", "u2", "u3", "u4", "u5"),
-                   data_dir: str | os.PathLike | None = None) -> Iterator[Pair]:
-    """The official ML-100K folds (u1..u5, ua, ub) as (train, test), in u.data's id space."""
-    from tfmf.data.movielens import load_ml100k_fold
+                   data_dir: str | os.PathLike | None = None,
+                   data: InteractionData | None = None) -> Iterator[Pair]:
+    """The official ML-100K folds (u1..u5, ua, ub) as (train, test) splits of ``data``.
 
+    ``data`` (default: u.data, loaded once) keeps its id space and any transform applied to it
+    (binarize, filters); see :func:`tfmf.data.movielens.load_ml100k_fold`.
+    """
+    from tfmf.data.movielens import load_ml100k_fold, load_movielens
+
+    if data is None:
+        data = load_movielens("ml-100k", data_dir)
     for name in names:
-        yield load_ml100k_fold(name, data_dir)
+        yield load_ml100k_fold(name, data_dir, data)
 
 
 def _rank_within_user(users: np.ndarray, sort_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +213,7 @@ def make_splits(data: InteractionData, cfg: SplitConfig,
     elif kind == "kfold":
         yield from KFold(cfg.n_folds, True, cfg.seed).split(data)
     elif kind == "official":
-        yield from official_folds(cfg.folds, data_dir)
+        yield from official_folds(cfg.folds, data_dir, data)
     elif kind == "temporal":
         yield temporal_split(data, cfg.test_fraction, cfg.temporal_mode)
     elif kind == "strong":

@@ -1,7 +1,6 @@
 """Model selection in the style of scikit-learn / Surprise: fit per fold, report the spread."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -46,24 +45,15 @@ class CVResult:
 
     def table(self) -> str:
         """A plain-text table: one row per fold, then mean/min/max/std."""
+        from tfmf.tables import format_table
+
         names = self.metric_names()
-        header = ["fold"] + names
-        rows = [[str(r.get("fold", i + 1))] + [_fmt(r.get(n)) for n in names]
+        rows = [{"fold": str(r.get("fold", i + 1)), **{n: r.get(n) for n in names}}
                 for i, r in enumerate(self.per_fold)]
         summ = self.summary()
-        for stat in ("mean", "min", "max", "std"):
-            rows.append([stat] + [_fmt(summ[n][stat]) for n in names])
-        widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
-        line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
-        return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}" if math.isfinite(v) else str(v)
-    return str(v)
+        rows += [{"fold": stat, **{n: summ[n][stat] for n in names}}
+                 for stat in ("mean", "min", "max", "std")]
+        return format_table(rows, float_format=".4f", columns=["fold", *names])
 
 
 def build_model(model_name: str, model_config=None):

@@ -101,11 +101,6 @@ class ALSConfig(_ALSCommonConfig):
 
     biased: bool = True
 
-    @property
-    def use_bias(self) -> bool:
-        """The name mf.py's BiasedMF reads (ALS calls it ``biased``)."""
-        return self.biased
-
 
 @dataclass
 class IALSConfig(_ALSCommonConfig):
@@ -142,6 +137,14 @@ class RowChunk:
     cols: np.ndarray
     vals: np.ndarray
     mask: np.ndarray
+    _tensors: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def tensors(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(cols, vals, mask) as TF constants, uploaded once and reused every half-step."""
+        if self._tensors is None:
+            self._tensors = (tf.constant(self.cols), tf.constant(self.vals),
+                             tf.constant(self.mask))
+        return self._tensors
 
 
 def chunk_rows(m: sp.csr_matrix, chunk_size: int) -> list[RowChunk]:
@@ -294,10 +297,9 @@ def solve_rows(chunks: list[RowChunk], other, lam: np.ndarray, *, n_rows: int,
     alpha_t = tf.constant(0.0 if alpha is None else alpha, tf.float32)
     if x0 is not None:
         x0 = tf.convert_to_tensor(x0, tf.float32)
-    parts, order = [], []
+    parts = []
     for c in chunks:
-        args = (other, offset, gramian, tf.constant(lam[c.rows]), tf.constant(c.cols),
-                tf.constant(c.vals), tf.constant(c.mask), alpha_t)
+        args = (other, offset, gramian, tf.constant(lam[c.rows]), *c.tensors(), alpha_t)
         if solver == "cholesky":
             parts.append(_solve_chunk_cholesky(*args, implicit=implicit))
         elif solver == "cg":
@@ -306,10 +308,15 @@ def solve_rows(chunks: list[RowChunk], other, lam: np.ndarray, *, n_rows: int,
             parts.append(_solve_chunk_cg(*args, start, tf.constant(cg_steps), implicit=implicit))
         else:
             raise ValueError(f"solver must be cholesky or cg, got {solver!r}")
-        order.append(c.rows)
+    return gather_rows_back(parts, chunks, n_rows, d)
+
+
+def gather_rows_back(parts: list[tf.Tensor], chunks: list[RowChunk], n_rows: int,
+                     dim: int) -> tf.Tensor:
+    """Per-chunk results [len(chunk.rows), dim] reassembled in row order: [n_rows, dim]."""
     if not parts:  # no rows (e.g. an empty fold-in batch)
-        return tf.zeros((n_rows, d), tf.float32)
-    order = np.concatenate(order)
+        return tf.zeros((n_rows, dim), tf.float32)
+    order = np.concatenate([c.rows for c in chunks])
     inverse = np.empty(n_rows, np.int64)
     inverse[order] = np.arange(len(order))
     return tf.gather(tf.concat(parts, 0), inverse)
@@ -426,8 +433,7 @@ class ALSSolver:
         alpha = tf.constant(self.alpha or 0.0, tf.float32)
         observed = squared = 0.0
         for c in self.user_chunks:
-            o, s = _chunk_loss_terms(tf.gather(rows, c.rows), other, offset, tf.constant(c.cols),
-                                     tf.constant(c.vals), tf.constant(c.mask), alpha,
+            o, s = _chunk_loss_terms(tf.gather(rows, c.rows), other, offset, *c.tensors(), alpha,
                                      implicit=self.alpha is not None)
             observed += float(o)
             squared += float(s)
@@ -517,10 +523,7 @@ class _ALSFit:
             cfg = dataclasses.replace(cfg, seed=c.seed)
         self.train_config = cfg
         self._remember_training_data(train)
-        self.rating_scale = None
-        if not self.implicit and train.nnz:
-            self.rating_scale = train.rating_scale or (float(train.values.min()),
-                                                       float(train.values.max()))
+        self.rating_scale = None if self.implicit else train.clip_range()
         seed_everything(cfg.seed)
         self.model = self.build_model(train, cfg)  # its initializer gives the starting factors
         U, V, bu, bi, mu = self._parameters()
@@ -547,14 +550,10 @@ class _ALSFit:
                 from tfmf.errors import TrainingDiverged
 
                 raise TrainingDiverged(it + 1, 1, row["loss"])
-            self.history.append(row)
-            trainer.log_epoch(row, writer)
-            for cb in trainer.callbacks:
-                cb.on_epoch_end(trainer, it + 1, row)
-            if trainer.stop_training:
+            trainer.record_epoch(row, writer)
+            if trainer.after_epoch(row, monitor=self.monitor, validated=validation is not None):
                 break
-        if run_dir is not None:
-            trainer.write_history()
+        trainer.finish(writer)
         return self
 
     # ------------------------------------------------------------------ fold-in
@@ -575,18 +574,6 @@ class _ALSFit:
         (used by :meth:`score`).
         """
         return self._fold_in(user_items)[0].numpy()
-
-    def score(self, users: np.ndarray | None = None, user_items: sp.csr_matrix | None = None
-              ) -> np.ndarray:
-        """Scores float32 [b, n_items]: known ``users``, or ``user_items`` rows folded in."""
-        if users is not None:
-            return super().score(users)
-        P, bias = self._fold_in(user_items)
-        row_off, item_off = self._offsets(user_items.shape[0])
-        if bias is not None:
-            row_off += bias[:, None]
-        V = tf.cast(self.model.item_factors, tf.float32)
-        return (tf.matmul(P, V, transpose_b=True) + row_off + item_off).numpy()
 
 
 @register("als")

@@ -276,10 +276,7 @@ class MF(KerasRecommender):
 
     # ------------------------------------------------------------------ training
     def fit(self, train: InteractionData, train_config: TrainConfig | None = None, **kwargs):
-        if train.rating_scale is not None:
-            self.rating_scale = train.rating_scale
-        elif train.nnz:
-            self.rating_scale = (float(train.values.min()), float(train.values.max()))
+        self.rating_scale = train.clip_range()
         return super().fit(train, train_config, **kwargs)
 
     def _model_kwargs(self, train: InteractionData) -> dict:
@@ -337,7 +334,7 @@ class MF(KerasRecommender):
         """Predicted ratings of every item, float32 [batch, n_items] (unclipped, for ranking).
 
         Known users use their trained factors; ``user_items`` rows are folded in with
-        :meth:`recalculate_user` (and get no user offset).
+        :meth:`_fold_in` (by default :meth:`recalculate_user`, with no user offset).
         """
         V = tf.cast(self.model.item_factors, tf.float32)
         if users is not None:
@@ -346,9 +343,19 @@ class MF(KerasRecommender):
             row_off, item_off = self._offsets(len(idx))
             row_off += self._user_offsets(idx)
         else:
-            P = tf.constant(self.recalculate_user(user_items))
+            P, bias = self._fold_in(user_items)
+            P = tf.convert_to_tensor(P, tf.float32)
             row_off, item_off = self._offsets(user_items.shape[0])
+            if bias is not None:
+                row_off += tf.reshape(tf.cast(bias, tf.float32), [-1, 1])
         return (tf.matmul(P, V, transpose_b=True) + row_off + item_off).numpy()
+
+    def _fold_in(self, user_items: sp.csr_matrix):
+        """(factors [b, d], per-row offsets [b] or None) of new users, for :meth:`score`.
+
+        Default: :meth:`recalculate_user` and no offset; ALS also solves each row's bias.
+        """
+        return self.recalculate_user(user_items), None
 
     def _user_offsets(self, idx: tf.Tensor) -> tf.Tensor:
         return tf.zeros((tf.shape(idx)[0], 1))
@@ -405,6 +412,8 @@ class BiasedMF(MF):
 
     config_class = BiasedMFConfig
     keras_class = BiasedMatrixFactorization
+    # Inference reads use_bias from the Keras model's config: ALS and Bayesian MF fit this
+    # model with configs of their own.
 
     def _model_kwargs(self, train: InteractionData) -> dict:
         # Empty (shape-only) data when loading: mu is then restored from the checkpoint.
@@ -412,17 +421,17 @@ class BiasedMF(MF):
 
     def _offsets(self, n: int):
         m = self.model
-        item_off = m.item_bias.embeddings[:, 0][None, :] if self.config.use_bias else 0.0
+        item_off = m.item_bias.embeddings[:, 0][None, :] if m.config.use_bias else 0.0
         return tf.fill((n, 1), m.global_mean), tf.zeros((1, self.n_items)) + item_off
 
     def _user_offsets(self, idx: tf.Tensor) -> tf.Tensor:
-        if not self.config.use_bias:
+        if not self.model.config.use_bias:
             return super()._user_offsets(idx)
         return tf.gather(self.model.user_bias.embeddings, idx)
 
     def _fold_in_targets(self, user_items: sp.csr_matrix) -> np.ndarray:
         m = self.model
         off = np.full(user_items.nnz, float(m.global_mean.numpy()))
-        if self.config.use_bias:
+        if m.config.use_bias:
             off += m.item_bias.embeddings.numpy()[user_items.indices, 0]
         return user_items.data.astype(np.float64) - off

@@ -68,6 +68,8 @@ class Trainer:
         self.history: list[dict] = []
         self.stop_training = False
         self.optimizer = None
+        self._best: float | None = None  # early stopping: best monitored value so far
+        self._bad_epochs = 0
 
     # ------------------------------------------------------------------ public
     def fit(self, model: tf_keras.Model, make_dataset: Callable[[int], tf.data.Dataset], *,
@@ -121,7 +123,6 @@ class Trainer:
 
         train_step, loss_names = self.make_train_step(model, optimizer)
         writer = self.summary_writer()
-        best, bad_epochs = None, 0
         synced = not distributed.is_distributed()
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -166,9 +167,8 @@ class Trainer:
                 logs.update(distributed.broadcast_object(val, "tfmf_validation"))
             logs["seconds"] = time.perf_counter() - t0
             row = {"epoch": epoch + 1, **logs}
-            self.history.append(row)
+            self.record_epoch(row, writer)
             epoch_var.assign(epoch + 1)
-            self.log_epoch(row, writer)
             if manager is not None and distributed.is_chief() and (
                     (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0)
                     or epoch + 1 == cfg.epochs):
@@ -176,24 +176,10 @@ class Trainer:
                 # drops and redoes, never a checkpoint whose history row is lost.
                 self.write_history()
                 manager.save(checkpoint_number=epoch + 1)
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, epoch + 1, row)
-            if cfg.early_stopping_patience is not None and validation_fn is not None:
-                key = monitor or next((k for k in row if k.startswith("val_")), None)
-                cur = row.get(key)
-                if cur is not None:
-                    improved = best is None or (cur < best if mode == "min" else cur > best)
-                    best, bad_epochs = (cur, 0) if improved else (best, bad_epochs + 1)
-                    if bad_epochs >= cfg.early_stopping_patience:
-                        self.stop_training = True
-            # A callback may stop one rank only; the others must not wait for it.
-            self.stop_training = distributed.any_rank(self.stop_training)
-            if self.stop_training:
+            if self.after_epoch(row, monitor=monitor, mode=mode,
+                                validated=validation_fn is not None):
                 break
-        if writer is not None:
-            writer.flush()
-        if self.run_dir is not None and distributed.is_chief():
-            self.write_history()
+        self.finish(writer)
         return self.history
 
     # ------------------------------------------------------------------ internals
@@ -237,7 +223,50 @@ class Trainer:
         return tqdm(dataset, total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                     leave=False, unit="step", dynamic_ncols=True)
 
-    # Public so closed-form fits (ALS) report through the same console/CSV/TensorBoard path.
+    # The epoch bookkeeping below is public so closed-form and sampling fits (ALS, Gibbs)
+    # report, call back and stop exactly like gradient-trained ones.
+    def record_epoch(self, row: dict, writer) -> None:
+        """Appends an epoch's row to the history and logs it (console, TensorBoard)."""
+        self.history.append(row)
+        self.log_epoch(row, writer)
+
+    def after_epoch(self, row: dict, *, monitor: str | None = None, mode: str = "min",
+                    validated: bool = False) -> bool:
+        """Runs the callbacks and early stopping for a recorded epoch.
+
+        Args:
+          row: the epoch's history row (``epoch`` 1-based).
+          monitor: key for early stopping (default: the first ``val_`` key of the row).
+          mode: "min" or "max".
+          validated: whether the row carries validation metrics (early stopping needs them).
+
+        Returns:
+          True when training should stop (on every rank alike).
+        """
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, row["epoch"], row)
+        if self.config.early_stopping_patience is not None and validated:
+            key = monitor or next((k for k in row if k.startswith("val_")), None)
+            cur = row.get(key)
+            if cur is not None:
+                best = self._best
+                if best is None or (cur < best if mode == "min" else cur > best):
+                    self._best, self._bad_epochs = cur, 0
+                else:
+                    self._bad_epochs += 1
+                if self._bad_epochs >= self.config.early_stopping_patience:
+                    self.stop_training = True
+        # A callback may stop one rank only; the others must not wait for it.
+        self.stop_training = distributed.any_rank(self.stop_training)
+        return self.stop_training
+
+    def finish(self, writer) -> None:
+        """Flushes TensorBoard and writes ``history.csv`` (rank 0, with a run_dir)."""
+        if writer is not None:
+            writer.flush()
+        if self.run_dir is not None and distributed.is_chief():
+            self.write_history()
+
     def summary_writer(self):
         """TensorBoard writer under ``run_dir/tensorboard`` (rank 0 only; None otherwise)."""
         if self.run_dir is None or not distributed.is_chief():
