@@ -27,6 +27,7 @@ def test_defaults_come_from_dataclasses():
     ("train: {epochs: three}\n", "train.epochs"),
     ("train: {learning_rate: -0.1}\n", "train.learning_rate"),
     ("train: {optimizer: rmsprop}\n", "train.optimizer"),
+    ("train: {steps_per_execution: 0}\n", "train.steps_per_execution"),
     ("train: {deterministic: 1}\n", "train.deterministic"),
     ("data: {split: {kind: weird}}\n", "data.split.kind"),
     ("data: {split: {n_folds: 1}}\n", "data.split.n_folds"),

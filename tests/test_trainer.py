@@ -102,3 +102,37 @@ def test_callback_can_stop_and_early_stopping():
     h = Trainer(TrainConfig(epochs=6, verbose=0, early_stopping_patience=2)).fit(
         Tiny(), make_ds, steps_per_epoch=10, validation_fn=lambda: {"val_rmse": next(vals)})
     assert len(h) == 4
+
+
+@pytest.mark.parametrize("k", [3, 7, 10, 64])
+def test_steps_per_execution_runs_the_same_steps(k):
+    """k steps per compiled call: same batches, same number of steps, same result as k = 1
+    (10 steps an epoch: k = 3 leaves a remainder, 10 hits the epoch end exactly, 64 exceeds it)."""
+    base = dict(epochs=3, learning_rate=0.05, verbose=0, deterministic=True)
+    one, h1 = fit(TrainConfig(**base, steps_per_execution=1))
+    many, hk = fit(TrainConfig(**base, steps_per_execution=k))
+    assert [r["steps"] for r in hk] == [r["steps"] for r in h1] == [10, 10, 10]
+    np.testing.assert_allclose([r["loss"] for r in hk], [r["loss"] for r in h1], rtol=1e-5)
+    for a, b in zip(one.variables, many.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+class NanAt(Tiny):
+    """Finite losses except at the step whose batch holds user 49 as its first example."""
+
+    def compute_loss(self, batch, training=False):
+        out = super().compute_loss(batch, training)
+        bad = tf.equal(batch["u"][0], 49)
+        return {k: tf.where(bad, tf.constant(float("nan")), v) for k, v in out.items()}
+
+
+def test_divergence_inside_a_multi_step_call_names_its_step():
+    u = np.arange(400, dtype=np.int32) % 49  # no 49 ...
+    u[7 * 40] = 49  # ... except first in the 8th batch
+    y = (u % 5).astype(np.float32)
+    ds = lambda e: tf.data.Dataset.from_tensor_slices({"u": u, "y": y}).batch(40)
+    seed_everything(0)
+    with pytest.raises(TrainingDiverged) as ei:
+        Trainer(TrainConfig(epochs=2, verbose=0, steps_per_execution=5)).fit(
+            NanAt(), ds, steps_per_epoch=10)
+    assert (ei.value.epoch, ei.value.step) == (1, 8)

@@ -122,6 +122,7 @@ class Trainer:
             self.history = [h for h in self._read_history() if h["epoch"] <= start_epoch]
 
         train_step, loss_names = self.make_train_step(model, optimizer)
+        run_steps = self.make_multi_step(train_step, loss_names)
         writer = self.summary_writer()
         synced = not distributed.is_distributed()
         for epoch in range(start_epoch, cfg.epochs):
@@ -129,25 +130,45 @@ class Trainer:
             sums: dict[str, float] = {}
             n_steps = 0
             dataset = make_dataset(epoch)
-            if distributed.is_distributed() and isinstance(dataset, tf.data.Dataset):
+            if distributed.is_distributed():
                 # A rank with an extra batch would wait forever in its allreduce.
                 dataset = dataset.take(steps_per_epoch)
-            for batch in self._progress(dataset, steps_per_epoch, epoch):
-                losses = train_step(batch)
-                if not synced:
-                    # Variables and optimizer slots exist after the first step of this fit:
-                    # continue from rank 0's exact state (weights, non-trainable state such as
-                    # biases and anneal counters, iterations, slots, loss scale).
-                    distributed.broadcast_variables(model.variables)
-                    distributed.broadcast_variables(
-                        optimizer.variables() + loss_scale_variables(optimizer))
-                    synced = True
-                values = dict(zip(loss_names, losses.numpy().tolist()))
-                if not math.isfinite(values["loss"]):
-                    raise TrainingDiverged(epoch + 1, n_steps + 1, values["loss"])
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_steps += 1
+            iterator = iter(dataset)
+            bar = self._progress(steps_per_epoch, epoch)
+            while True:
+                if n_steps == 0:
+                    # Each epoch's first step runs on its own: it creates the optimizer slots and
+                    # fixes the loss names, and a resumed run splits the epoch into the same
+                    # calls as an uninterrupted one (bitwise-equal results under determinism).
+                    batch = iterator.get_next_as_optional()
+                    if not batch.has_value():
+                        break
+                    losses, requested = train_step(batch.get_value())[None], 1
+                    if not synced:
+                        # Under Horovod every rank continues from rank 0's exact state (weights,
+                        # non-trainable state such as biases and anneal counters, iterations,
+                        # slots, loss scale).
+                        distributed.broadcast_variables(model.variables)
+                        distributed.broadcast_variables(
+                            optimizer.variables() + loss_scale_variables(optimizer))
+                        synced = True
+                else:
+                    requested = cfg.steps_per_execution
+                    losses = run_steps(iterator, tf.constant(requested))
+                rows = losses.numpy()
+                for row in rows:
+                    n_steps += 1
+                    values = dict(zip(loss_names, row.tolist()))
+                    if not math.isfinite(values["loss"]):
+                        raise TrainingDiverged(epoch + 1, n_steps, values["loss"])
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                if bar is not None:
+                    bar.update(len(rows))
+                if len(rows) < requested:  # the iterator ran out: the epoch is over
+                    break
+            if bar is not None:
+                bar.close()
             if distributed.is_distributed() and n_steps != steps_per_epoch:
                 raise RuntimeError(
                     f"rank {distributed.rank()} ran {n_steps} steps in epoch {epoch + 1}, expected "
@@ -215,12 +236,36 @@ class Trainer:
 
         return train_step, names
 
-    def _progress(self, dataset, total: int, epoch: int):
+    @staticmethod
+    def make_multi_step(train_step, loss_names: list[str]):
+        """``(iterator, n) -> float32 [m, n_components]``: up to ``n`` steps in one call.
+
+        Runs ``train_step`` on the iterator's next batches inside one ``tf.function`` (fewer
+        Python round trips and host copies; the math is the same), stopping early when the
+        iterator is exhausted (``m < n``). Traced once: ``n`` is a tensor and every epoch's
+        iterator has the same element spec.
+        """
+
+        @tf.function
+        def run_steps(iterator, n):
+            out = tf.TensorArray(tf.float32, size=0, dynamic_size=True,
+                                 element_shape=tf.TensorShape([len(loss_names)]))
+            for i in tf.range(n):
+                batch = iterator.get_next_as_optional()
+                if not batch.has_value():
+                    break
+                out = out.write(i, train_step(batch.get_value()))
+            return out.stack()
+
+        return run_steps
+
+    def _progress(self, total: int, epoch: int):
+        """A tqdm bar advanced by the steps of each call (None unless verbose == 1, rank 0)."""
         if self.config.verbose != 1 or not distributed.is_chief():
-            return dataset
+            return None
         from tqdm.auto import tqdm
 
-        return tqdm(dataset, total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+        return tqdm(total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                     leave=False, unit="step", dynamic_ncols=True)
 
     # The epoch bookkeeping below is public so closed-form and sampling fits (ALS, Gibbs)
