@@ -370,6 +370,10 @@ class BayesianMF(BiasedMF):
 
 def _predict(U: np.ndarray, V: np.ndarray, mu: float, users: np.ndarray, items: np.ndarray
              ) -> np.ndarray:
-    """``mu + b_u + b_i + p_u . q_i`` for index pairs, rows laid out ``[factors, bias]``."""
-    u, v = U[users].astype(np.float64), V[items].astype(np.float64)
-    return mu + u[:, -1] + v[:, -1] + np.einsum("nd,nd->n", u[:, :-1], v[:, :-1])
+    """``mu + b_u + b_i + p_u . q_i`` (float64 [n]) for index pairs, rows ``[factors, bias]``.
+
+    The products run in float32 (the draws' precision); only the sum is widened.
+    """
+    u, v = U[users], V[items]
+    dot = np.einsum("nd,nd->n", u[:, :-1], v[:, :-1])
+    return mu + (u[:, -1] + v[:, -1] + dot).astype(np.float64)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import random
 import time
@@ -156,13 +155,13 @@ class Trainer:
                     requested = cfg.steps_per_execution
                     losses = run_steps(iterator, tf.constant(requested))
                 rows = losses.numpy()
-                for row in rows:
-                    n_steps += 1
-                    values = dict(zip(loss_names, row.tolist()))
-                    if not math.isfinite(values["loss"]):
-                        raise TrainingDiverged(epoch + 1, n_steps, values["loss"])
-                    for k, v in values.items():
-                        sums[k] = sums.get(k, 0.0) + v
+                total = rows[:, loss_names.index("loss")]
+                if not np.isfinite(total).all():
+                    bad = int(np.argmin(np.isfinite(total)))
+                    raise TrainingDiverged(epoch + 1, n_steps + bad + 1, float(total[bad]))
+                n_steps += len(rows)
+                for k, v in zip(loss_names, rows.astype(np.float64).sum(axis=0).tolist()):
+                    sums[k] = sums.get(k, 0.0) + v
                 if bar is not None:
                     bar.update(len(rows))
                 if len(rows) < requested:  # the iterator ran out: the epoch is over
