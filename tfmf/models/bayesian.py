@@ -41,6 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from tfmf.config import TrainConfig, check
 from tfmf.data.interactions import InteractionData
+from tfmf.errors import TrainingDiverged
 from tfmf.models.als import RowChunk, chunk_rows, gather_rows_back
 from tfmf.models.mf import BiasedMF, BiasedMFConfig, ridge_fold_in
 from tfmf.registry import register
@@ -248,8 +249,7 @@ class BayesianMF(BiasedMF):
         ``early_stopping_patience`` (on ``val_rmse``) are used. ``self.history`` gets one row
         per sweep: ``epoch``, train ``rmse`` of the current draw, ``val_rmse``/``val_mae`` of
         the running posterior mean when ``validation`` is given (of the current draw during
-        burn-in) and ``seconds``; the last row also has
-        ``truncated_energy``.
+        burn-in) and ``seconds``; the last row also has ``truncated_energy``.
         """
         if resume:
             raise ValueError("bayesian_mf does not resume from checkpoints; refit")
@@ -308,8 +308,6 @@ class BayesianMF(BiasedMF):
             resid = tr_r - _predict(U, V, mu, tr_u, tr_i)
             row = {"epoch": sweep + 1, "rmse": float(np.sqrt(np.mean(resid ** 2)))}
             if not np.isfinite(row["rmse"]):
-                from tfmf.errors import TrainingDiverged
-
                 raise TrainingDiverged(sweep + 1, 1, row["rmse"])
             kept = sweep >= c.burn_in
             if kept:

@@ -240,7 +240,7 @@ class Trainer:
         """``(iterator, n) -> float32 [m, n_components]``: up to ``n`` steps in one call.
 
         Runs ``train_step`` on the iterator's next batches inside one ``tf.function`` (fewer
-        Python round trips and host copies; the math is the same), stopping early when the
+        Python round trips and host copies; the same updates), stopping early when the
         iterator is exhausted (``m < n``). Traced once: ``n`` is a tensor and every epoch's
         iterator has the same element spec.
         """
