@@ -88,14 +88,16 @@ def _check_resumable(run_dir: str, cfg: RunConfig) -> None:
     if old.model_name != cfg.model_name:
         raise ConfigError(f"cannot resume run {run_dir!r}: it trained {old.model_name!r}, the "
                           f"config asks for {cfg.model_name!r}", key="model.name")
+    # Where the data lives (data_dir, download) may change between machines; what it is may not.
+    where = {"data_dir", "download"}
     for section in ("model", "data"):
         was, now = to_dict(getattr(old, section)), to_dict(getattr(cfg, section))
-        for field in sorted(set(was) | set(now)):
-            if was.get(field) != now.get(field):
+        for key in sorted((set(was) | set(now)) - (where if section == "data" else set())):
+            if was.get(key) != now.get(key):
                 raise ConfigError(
-                    f"cannot resume run {run_dir!r} with {section}.{field}={now.get(field)!r}: it "
-                    f"was trained with {was.get(field)!r} (only train.* settings may change on "
-                    "resume)", key=f"{section}.{field}")
+                    f"cannot resume run {run_dir!r} with {section}.{key}={now.get(key)!r}: it "
+                    f"was trained with {was.get(key)!r} (only train.* settings may change on "
+                    "resume)", key=f"{section}.{key}")
 
 
 def load_data(cfg: RunConfig) -> InteractionData:

@@ -15,7 +15,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -181,14 +181,6 @@ def _read_ratings(path: Path, spec: MovieLensSpec, name: str,
     if titles:
         data.item_titles = np.array([titles.get(int(i), "") for i in data.item_ids])
     return data
-
-
-def _in_id_space(part: InteractionData, full: InteractionData) -> InteractionData:
-    """Re-expresses ``part`` in ``full``'s index space (same raw-id maps and titles)."""
-    return replace(full, users=full.user_index(part.user_ids[part.users]),
-                   items=full.item_index(part.item_ids[part.items]), values=part.values,
-                   timestamps=part.timestamps, name=part.name,
-                   _user_lookup=None, _item_lookup=None)
 
 
 def _read_titles(root: Path, spec: MovieLensSpec) -> dict[int, str] | None:
