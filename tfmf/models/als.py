@@ -44,7 +44,7 @@ from tfmf.config import TrainConfig, check
 from tfmf.data.interactions import InteractionData
 from tfmf.models.mf import MF, BiasedMF, BiasedMFConfig, MFConfig
 from tfmf.registry import register
-from tfmf.training.trainer import Trainer, seed_everything
+from tfmf.training.trainer import Trainer
 
 # A chunk holds at most chunk_size * this many padded entries, so a chunk of very long rows
 # (the head of a power-law distribution) is split further and memory stays bounded.
@@ -463,7 +463,7 @@ class _ALSFit:
     #: True for weighted ALS on implicit feedback (config has ``alpha``).
     implicit: bool = False
 
-    def _mf_config(self) -> MFConfig:
+    def _model_config(self) -> MFConfig:
         """The MF config the Keras model is built with (sizes, init; loss fields unused)."""
         c = self.config
         common = dict(embedding_dim=c.factors, init_stddev=c.init_stddev, l2=c.regularization,
@@ -471,10 +471,6 @@ class _ALSFit:
         if self.implicit:
             return MFConfig(**common)
         return BiasedMFConfig(**common, use_bias=c.biased, bias_l2=c.regularization)
-
-    def build_model(self, train: InteractionData, train_config: TrainConfig):
-        return self.keras_class(train.n_users, train.n_items, self._mf_config(),
-                                seed=train_config.seed, **self._model_kwargs(train))
 
     def _solver(self, train: sp.csr_matrix, mu: float = 0.0) -> ALSSolver:
         c = self.config
@@ -513,19 +509,11 @@ class _ALSFit:
         ``run_dir`` it is written to ``history.csv`` (and TensorBoard) like the Trainer's.
         Callbacks' ``on_epoch_end`` run after every iteration and may stop it.
         """
-        if resume:
-            raise ValueError("ALS does not resume from checkpoints; refit (it converges in a "
-                             "few iterations)")
         c = self.config
-        cfg = dataclasses.replace(train_config or TrainConfig(), precision="float32",
-                                  epochs=c.iterations)
-        if c.seed is not None:
-            cfg = dataclasses.replace(cfg, seed=c.seed)
-        self.train_config = cfg
-        self._remember_training_data(train)
+        # The model's initializer gives the starting factors.
+        cfg = self._begin_fit(train, train_config, epochs=c.iterations, seed=c.seed,
+                              resume=resume)
         self.rating_scale = None if self.implicit else train.clip_range()
-        seed_everything(cfg.seed)
-        self.model = self.build_model(train, cfg)  # its initializer gives the starting factors
         U, V, bu, bi, mu = self._parameters()
         solver = self._solver(self._seen, mu)
         # The Trainer is used for its logging (console, history.csv, TensorBoard) and as the

@@ -29,7 +29,6 @@ rank runs the same chain, so launch it as one process.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -45,7 +44,7 @@ from tfmf.errors import TrainingDiverged
 from tfmf.models.als import RowChunk, chunk_rows, gather_rows_back
 from tfmf.models.mf import BiasedMF, BiasedMFConfig, ridge_fold_in
 from tfmf.registry import register
-from tfmf.training.trainer import Trainer, seed_everything
+from tfmf.training.trainer import Trainer
 
 
 @dataclass
@@ -230,15 +229,11 @@ class BayesianMF(BiasedMF):
 
     config_class = BayesianMFConfig
 
-    def _mf_config(self) -> BiasedMFConfig:
+    def _model_config(self) -> BiasedMFConfig:
         """The Keras model's config: a BiasedMF of dimension posterior_rank."""
         c = self.config
         return BiasedMFConfig(embedding_dim=c.posterior_rank, init_stddev=c.init_stddev,
                               clip_predictions=c.clip_predictions)
-
-    def build_model(self, train: InteractionData, train_config: TrainConfig):
-        return self.keras_class(train.n_users, train.n_items, self._mf_config(),
-                                seed=train_config.seed, **self._model_kwargs(train))
 
     def fit(self, train: InteractionData, train_config: TrainConfig | None = None, *,
             validation: InteractionData | None = None, run_dir: str | None = None,
@@ -251,19 +246,11 @@ class BayesianMF(BiasedMF):
         the running posterior mean when ``validation`` is given (of the current draw during
         burn-in) and ``seconds``; the last row also has ``truncated_energy``.
         """
-        if resume:
-            raise ValueError("bayesian_mf does not resume from checkpoints; refit")
         c = self.config
-        cfg = dataclasses.replace(train_config or TrainConfig(), precision="float32",
-                                  epochs=c.burn_in + c.samples)
-        if c.seed is not None:
-            cfg = dataclasses.replace(cfg, seed=c.seed)
-        self.train_config = cfg
-        self._remember_training_data(train)
+        cfg = self._begin_fit(train, train_config, epochs=c.burn_in + c.samples, seed=c.seed,
+                              resume=resume)
         self.rating_scale = train.clip_range()
-        seed_everything(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        self.model = self.build_model(train, cfg)
         mu = float(self.model.global_mean.numpy())
         by_user = sp.csr_matrix(self._seen, dtype=np.float32)
         by_user.sort_indices()

@@ -17,6 +17,7 @@ the dot product too; biases, the global mean, losses and regularizers are float3
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from tfmf.models import regularizers
 from tfmf.models.keras_recommender import KerasRecommender
 from tfmf.registry import register
 from tfmf.training.precision import precision_policy
+from tfmf.training.trainer import seed_everything
 
 
 # --------------------------------------------------------------------------- configs
@@ -282,8 +284,37 @@ class MF(KerasRecommender):
     def _model_kwargs(self, train: InteractionData) -> dict:
         return {}
 
+    def _model_config(self) -> MFConfig:
+        """The config the Keras model is built with: the model's own here; ALS and Bayesian MF
+        map theirs onto an MF config (sizes, init)."""
+        return self.config
+
+    def _begin_fit(self, train: InteractionData, train_config: TrainConfig | None, *,
+                   epochs: int, seed: int | None, resume: bool) -> TrainConfig:
+        """Shared start of the fits that are not gradient loops (ALS solves, Gibbs sweeps).
+
+        Refuses ``resume`` (they write no checkpoints), fixes the TrainConfig they report
+        with (float32, ``epochs`` iterations, ``seed`` when given), remembers the training
+        data, seeds everything and builds the Keras model they fill in.
+
+        Returns:
+          The TrainConfig in effect (also ``self.train_config``).
+        """
+        if resume:
+            raise ValueError(f"{self.name} does not resume from checkpoints; refit")
+        cfg = dataclasses.replace(train_config or TrainConfig(), precision="float32",
+                                  epochs=epochs)
+        if seed is not None:
+            cfg = dataclasses.replace(cfg, seed=seed)
+        self.train_config = cfg
+        self._remember_training_data(train)
+        seed_everything(cfg.seed)
+        self.model = self.build_model(train, cfg)
+        return cfg
+
     def build_model(self, train: InteractionData, train_config: TrainConfig) -> MatrixFactorization:
-        model = self.keras_class(train.n_users, train.n_items, self.config,
+        model_config = self._model_config()
+        model = self.keras_class(train.n_users, train.n_items, model_config,
                                  seed=train_config.seed, **self._model_kwargs(train))
         if train.nnz:
             # Users/items without training ratings would keep their random initial factors
@@ -293,7 +324,7 @@ class MF(KerasRecommender):
                                   (model.item_factors, train.items, train.n_items)):
                 unseen = np.flatnonzero(np.bincount(idx, minlength=n) == 0)
                 if len(unseen):
-                    zeros = tf.zeros((len(unseen), self.config.embedding_dim), table.dtype)
+                    zeros = tf.zeros((len(unseen), model_config.embedding_dim), table.dtype)
                     table.scatter_update(tf.IndexedSlices(zeros, tf.constant(unseen, tf.int32)))
         return model
 
