@@ -53,6 +53,22 @@ ML20M_SHAPE = (136_677, 20_108, 10_000_000)
 SUITES: dict[str, tuple[Callable[[argparse.Namespace], dict], bool]] = {}
 
 
+# Run as `python -m pipelines.benchmark`, this module is __main__: let the suite modules'
+# `from pipelines.benchmark import suite` register into this copy, not a second one.
+sys.modules.setdefault("pipelines.benchmark", sys.modules[__name__])
+
+
+def load_suite_modules() -> None:
+    """Imports every ``pipelines/bench_*.py``: each registers its suites with :func:`suite`."""
+    import importlib
+    import pkgutil
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for info in pkgutil.iter_modules([here]):
+        if info.name.startswith("bench_"):
+            importlib.import_module(f"pipelines.{info.name}")
+
+
 def suite(name: str, needs_ml100k: bool = False):
     """Registers a suite function under ``name``."""
     def deco(fn):
@@ -682,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         argv.remove("--")
     p = argparse.ArgumentParser(prog="python -m pipelines.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", choices=["all", *SUITES])
+    load_suite_modules()
+    p.add_argument("suite", choices=["all", "speed", "scale", *SUITES],
+                   help="a suite; all: every one; speed / scale: every speed-* / scale-* suite")
     p.add_argument("--scale", choices=["tiny", "full"], default="full",
                    help="tiny: seconds-long smoke run; full: the documented measurement")
     p.add_argument("--out", default=os.path.join("runs", "bench"),
@@ -692,7 +710,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="directory holding ml-100k/")
     args = p.parse_args(argv)
     command = "python -m pipelines.benchmark " + shlex.join(argv)
-    names = list(SUITES) if args.suite == "all" else [args.suite]
+    if args.suite == "all":
+        names = list(SUITES)
+    elif args.suite in ("speed", "scale"):
+        names = [n for n in SUITES if n.startswith(args.suite + "-")]
+    else:
+        names = [args.suite]
     if args.suite == "all" and not horovodrun_available():
         names.remove("horovod")
         print("horovod suite skipped: horovodrun not installed")
