@@ -63,25 +63,26 @@ def sample_split(seed: int = 0, data: str = "sample"):
 
 def step_seconds(rec, train, cfg, n_steps: int = 30, warmup: int = 5,
                  batch=None) -> tuple[float, float]:
-    """(median, min) seconds of the Trainer's train step on one fixed batch of ``rec``.
+    """(median, min) seconds of the model's Keras ``train_step`` on one fixed batch of ``rec``.
 
     Times only the compiled step (forward, backward, loss scaling, update), synchronised by
     reading the loss, so it reflects compute in the precision rather than input pipeline,
     Python or tracing overhead; the median and min are robust to other processes on the CPU.
     ``batch`` is the batch to time (default: the first batch of epoch 0).
     """
-    from tfmf.training.optimizers import make_optimizer
-    from tfmf.training.precision import wrap_optimizer
-    from tfmf.training.trainer import Trainer
+    import tensorflow as tf
 
-    opt = wrap_optimizer(make_optimizer(cfg, 100), cfg.precision, cfg.initial_loss_scale)
-    step, _ = Trainer(cfg).make_train_step(rec.model, opt)
+    from tfmf.training.fit import compile_model
+
+    if rec.model.optimizer is None:
+        compile_model(rec.model, cfg, 100)
+    step = tf.function(rec.model.train_step, reduce_retracing=True)
     if batch is None:
-        batch = next(iter(rec.make_dataset(train, cfg, 0, 0, 1)))
+        batch = next(iter(rec.make_dataset(train, cfg, epoch=0, rank=0, size=1)))
     times = []
     for i in range(warmup + n_steps):
         t0 = time.perf_counter()
-        step(batch).numpy()  # the same one host copy per step as the Trainer
+        step(batch)["loss"].numpy()  # one host copy per step, as fit() reads its logs
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return float(np.median(times)), float(np.min(times))
@@ -126,7 +127,7 @@ def train_and_score(model_name: str, precision: str, epochs: int, *, split=None,
         metrics = evaluate(rec, test, EvalConfig(metrics=["ndcg", "recall"], ks=[20]))
         n_examples = int((np.bincount(train.users, minlength=train.n_users) > 0).sum())
     steady = [h["seconds"] for h in rec.history[1:]] or [rec.history[0]["seconds"]]
-    opt = rec.trainer.optimizer
+    opt = rec.model.optimizer
     scale = float(opt.loss_scale.numpy()) if hasattr(opt, "loss_scale") else None
     weights_finite = all(np.isfinite(v.numpy()).all() for v in rec.model.variables
                          if v.dtype.is_floating)

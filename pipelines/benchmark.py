@@ -569,7 +569,7 @@ def pipeline(args) -> dict:
         "float32 (configs/ml20m_mult_vae.yaml).",
         f"Timed batch: the one with the median nnz ({batch_nnz}) of the first 40 of an "
         f"epoch (the power law's heavy users make batches range {min(nnzs)}..{max(nnzs)} nnz).",
-        "Train step: the Trainer's compiled step on that batch, median ('ms') and best of "
+        "Train step: the model's compiled Keras train_step on that batch, median ('ms') and best of "
         f"{n_steps}. tfmf's model only takes SparseTensor rows, so 'densified' feeds the same "
         "sparse batch and its first layer calls tf.sparse.to_dense then a dense matmul (the "
         "densification is inside the step, as a dense-input model would pay it on the host).",

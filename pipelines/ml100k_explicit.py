@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def time_to_target(history: list[dict], target: float, key: str = "val_rmse") -> dict:
     """First epoch whose ``key`` is <= target, with the training seconds spent until then.
 
-    Seconds sum the Trainer's per-epoch ``seconds`` (training plus the per-epoch validation).
+    Seconds sum the per-epoch ``seconds`` of the history (training plus the per-epoch validation).
     """
     elapsed = 0.0
     for row in history:
@@ -48,10 +48,10 @@ def target_run(cfg, fold: str, target: float) -> dict:
       ``{"fold", "target", "epochs_run", **time_to_target(history, target)}``.
     """
     from tfmf.data.splits import official_folds
-    from tfmf.evaluation.model_selection import build_model
+    from tfmf import registry
 
     train, test = next(official_folds([fold], cfg.data.data_dir))
-    model = build_model(cfg.model_name, cfg.model)
+    model = registry.create(cfg.model_name, cfg.model)
     model.fit(train, cfg.train, validation=test)
     return {"fold": fold, "target": target, "epochs_run": len(model.history),
             **time_to_target(model.history, target)}

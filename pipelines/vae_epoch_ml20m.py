@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import tfmf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from tfmf.training.trainer import Callback
+import tf_keras
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (136_677, 20_108, 10_000_000)
@@ -34,13 +34,14 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-class CpuClock(Callback):
+class CpuClock(tf_keras.callbacks.Callback):
     """Records this process's CPU time (user + system, all threads) at every epoch end."""
 
     def __init__(self):
+        super().__init__()
         self.cpu = [time.process_time()]
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, epoch, logs=None):
         self.cpu.append(time.process_time())
 
 

@@ -238,7 +238,9 @@ def test_history_written_to_run_dir(tmp_path, ratings):
     train, _ = ratings
     als.ALS(factors=2, iterations=2).fit(train, QUIET, run_dir=str(tmp_path))
     lines = (tmp_path / "history.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch,loss") and len(lines) == 3
+    assert lines[0].startswith("epoch,") and len(lines) == 3
+    assert {"loss", "data", "l2", "rmse", "solve_seconds"} <= set(lines[0].split(","))
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
 
 
 # ------------------------------------------------------------------------------ config

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from tfmf.data.pipelines import rating_triples, shard_indices, steps_per_epoch, user_rows
+from tfmf.data.pipelines import rating_dataset, shard_indices, steps_per_epoch, user_rows
 from tfmf.data.synthetic import explicit_low_rank, implicit_power_law
 
 
@@ -79,8 +79,8 @@ def _collect(ds, keys):
     return out
 
 
-def test_rating_triples_content(data):
-    ds = rating_triples(data, 64, seed=3, epoch=2)
+def test_rating_dataset_content(data):
+    ds = rating_dataset(data, 64, seed=3, epoch=2)
     spec = ds.element_spec
     assert spec["user_id"].dtype == tf.int32 and spec["rating"].dtype == tf.float32
     got = _collect(ds, ["user_id", "item_id", "rating"])
@@ -89,14 +89,14 @@ def test_rating_triples_content(data):
     np.testing.assert_array_equal(np.concatenate(got["item_id"]), data.items[order])
     np.testing.assert_array_equal(np.concatenate(got["rating"]), data.values[order])
     assert len(got["user_id"]) == steps_per_epoch(data.nnz, 64)
-    again = _collect(rating_triples(data, 64, seed=3, epoch=2, prefetch=False), ["user_id"])
+    again = _collect(rating_dataset(data, 64, seed=3, epoch=2, prefetch=False), ["user_id"])
     np.testing.assert_array_equal(np.concatenate(again["user_id"]), data.users[order])
 
 
-def test_rating_triples_sharded(data):
+def test_rating_dataset_sharded(data):
     seen = []
     for r in range(3):
-        ds = rating_triples(data, 50, rank=r, size=3, seed=1)
+        ds = rating_dataset(data, 50, rank=r, size=3, seed=1)
         got = _collect(ds, ["user_id", "item_id"])
         assert len(got["user_id"]) == steps_per_epoch(data.nnz, 50, 3)
         seen.append(np.concatenate(got["user_id"]).astype(np.int64) * data.n_items

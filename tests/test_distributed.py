@@ -22,8 +22,10 @@ import tensorflow as tf
 import tf_keras
 from tfmf import distributed
 from tfmf.config import TrainConfig
+from tfmf.training import fit as fitting
+from tfmf.training.fit import seed_everything
+from tfmf.training.model import ComponentLossModel
 from tfmf.training.optimizers import LinearWarmup, current_lr, make_optimizer
-from tfmf.training.trainer import Callback, Trainer, seed_everything
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -35,8 +37,10 @@ N_EVEN = 8 * 2 * B      # 256: every batch full, so np=2/B and np=1/2B see the s
 
 
 # --------------------------------------------------------------------------- shared helpers
-class TinyMF(tf_keras.Model):
+class TinyMF(ComponentLossModel):
     """r = u . v with a non-trainable step counter (like Mult-VAE's anneal_step)."""
+
+    loss_components = ("loss", "data")
 
     def __init__(self, seed: int = 0):
         super().__init__()
@@ -47,7 +51,7 @@ class TinyMF(tf_keras.Model):
         self.items.build((None,))
         self.seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="seen")
 
-    def compute_loss(self, batch, training=True):
+    def compute_losses(self, batch, training=True):
         u, v = self.users(batch["user_id"]), self.items(batch["item_id"])
         pred = tf.cast(tf.reduce_sum(u * v, axis=-1), tf.float32)
         data = tf.reduce_mean(tf.square(pred - batch["rating"]))
@@ -77,25 +81,38 @@ def full_loss(weights: list, data) -> float:
 
 
 def fit_toy(cfg: TrainConfig, n: int, *, rank: int, size: int, init_seed: int = 0,
-            run_dir: str | None = None, callbacks=()) -> tuple[TinyMF, Trainer, dict]:
-    """Trains TinyMF on this rank's shard via tfmf.data.pipelines; returns its shards too."""
-    from tfmf.data.pipelines import rating_triples, shard_indices, steps_per_epoch
+            run_dir: str | None = None, callbacks=()) -> tuple[TinyMF, list, dict]:
+    """Trains TinyMF on this rank's shard through tfmf's Keras fit and tfmf.data.pipelines;
+    returns (model, history, {epoch: the example indices this rank saw})."""
+    from tfmf.data.pipelines import rating_dataset, steps_per_epoch
     from tfmf.training.precision import precision_policy
 
     data = toy_data(n)
-    shards: dict[int, list[int]] = {}
-
-    def make_dataset(epoch):
-        kw = dict(rank=rank, size=size, seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle)
-        shards[epoch] = np.concatenate(shard_indices(n, cfg.batch_size, **kw)).tolist()
-        return rating_triples(data, cfg.batch_size, prefetch=False, **kw)
-
+    steps = steps_per_epoch(n, cfg.batch_size, size)
     seed_everything(init_seed)
     with precision_policy(cfg.precision):
         model = TinyMF(seed=init_seed)
-    trainer = Trainer(cfg, run_dir=run_dir, callbacks=callbacks)
-    trainer.fit(model, make_dataset, steps_per_epoch=steps_per_epoch(n, cfg.batch_size, size))
-    return model, trainer, shards
+    fitting.compile_model(model, cfg, steps)
+    # The pipeline's batches carry no example ids: record which ratings a rank saw from the
+    # (user, item) pairs of its batches, epoch by epoch (pairs are unique in toy_data's
+    # positions because each position is looked up by its triple).
+    pos = {(int(u), int(i), float(np.float32(r))): k
+           for k, (u, i, r) in enumerate(zip(data.users, data.items, data.values))}
+    shards: dict[int, list[int]] = {}
+
+    class Record(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            ds = rating_dataset(data, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
+                                size=size, shuffle=cfg.shuffle, prefetch=False)
+            shards[epoch] = [pos[(int(u), int(i), float(r))] for b in ds
+                             for u, i, r in zip(b["user_id"].numpy(), b["item_id"].numpy(),
+                                                b["rating"].numpy())]
+
+    ds = rating_dataset(data, cfg.batch_size, seed=cfg.seed, epoch=fitting.epoch_of(model, steps),
+                        rank=rank, size=size, shuffle=cfg.shuffle, prefetch=False)
+    res = fitting.fit(model, ds, cfg, steps_per_epoch=steps, run_dir=run_dir,
+                      callbacks=[Record(), *callbacks])
+    return model, res.history, shards
 
 
 RUN_CONFIG = """
@@ -110,14 +127,15 @@ SGD_F32 = dict(epochs=3, batch_size=B, optimizer="sgd", learning_rate=0.1, shuff
 
 
 # --------------------------------------------------------------------------- worker (horovodrun)
-class _KillRank1(Callback):
+class _KillRank1(tf_keras.callbacks.Callback):
     """Rank 1 SIGKILLs itself at the end of epoch 2 (a crashed worker mid-training)."""
 
     def __init__(self, out_dir: str):
+        super().__init__()
         self.out_dir = out_dir
 
-    def on_epoch_end(self, trainer, epoch, logs):
-        if distributed.rank() == 1 and epoch == 2:
+    def on_epoch_end(self, epoch, logs=None):
+        if distributed.rank() == 1 and epoch + 1 == 2:
             with open(os.path.join(self.out_dir, "killed_at"), "w") as fh:
                 fh.write(repr(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
@@ -133,24 +151,26 @@ def worker(mode: str, out_dir: str) -> None:
     # 1) Adam + mixed_float16 starting from an overflowing loss scale, shuffled shards of an
     #    uneven dataset, and a *rank-dependent* initialisation: only the broadcast after the
     #    first step can make the ranks agree.
+    if mode == "keras":
+        return keras_worker(out_dir)
     cfg = TrainConfig(**ADAM_F16)
-    model, trainer, shards = fit_toy(cfg, N_ODD, rank=r, size=s, init_seed=100 + r,
+    model, history, shards = fit_toy(cfg, N_ODD, rank=r, size=s, init_seed=100 + r,
                                      run_dir=os.path.join(out_dir, f"run_rank{r}"))
-    opt = trainer.optimizer
+    opt = model.optimizer
     out = {
         "rank": r, "size": s, "chief": distributed.is_chief(),
         "weights": [v.numpy().tolist() for v in model.variables],
         "optimizer": [np.asarray(v.numpy()).tolist() for v in opt.variables()],
         "loss_scale": float(opt.loss_scale.numpy()),
         "shards": shards,
-        "steps": [h["steps"] for h in trainer.history],
-        "loss": [h["loss"] for h in trainer.history],
+        "steps": [h["steps"] for h in history],
+        "loss": [h["loss"] for h in history],
     }
     # 2) Plain SGD, no shuffle, constant LR, same init: the np=1 / batch 2B comparison.
-    model2, trainer2, _ = fit_toy(TrainConfig(**SGD_F32), N_EVEN, rank=r, size=s, init_seed=0)
+    model2, history2, _ = fit_toy(TrainConfig(**SGD_F32), N_EVEN, rank=r, size=s, init_seed=0)
     out["sgd_weights"] = [v.numpy().tolist() for v in model2.variables]
-    out["sgd_steps"] = [h["steps"] for h in trainer2.history]
-    # 3) A real model end to end: runner.train -> KerasRecommender.fit -> rating_triples shards,
+    out["sgd_steps"] = [h["steps"] for h in history2]
+    # 3) A real model end to end: runner.train -> KerasRecommender.fit -> rating_dataset shards,
     #    once with a per-rank run dir (only rank 0 may write) and once via the entry point.
     from pipelines import horovod_train
     from tfmf import runner
@@ -169,6 +189,40 @@ def worker(mode: str, out_dir: str) -> None:
                                           os.path.join(out_dir, "entry"), "--set",
                                           "train.epochs=1"])
     with open(os.path.join(out_dir, f"rank{r}.json"), "w") as fh:
+        json.dump(out, fh)
+
+
+def keras_worker(out_dir: str) -> None:
+    """A user's own Keras script: compile + fit with Horovod's optimizer and callbacks only.
+
+    Rank-dependent initialisation and data: only BroadcastGlobalVariablesCallback and the
+    gradient allreduce can make the ranks agree. Each rank also reports the epoch logs that
+    MetricAverageCallback averaged and the LR that LearningRateWarmupCallback set.
+    """
+    from tfmf import horovod_keras as hk
+    from tfmf.data.pipelines import rating_dataset
+
+    r = hk.rank()
+    data = toy_data(N_EVEN)
+    seed_everything(0)
+    out = {}
+    for sparse_as_dense in (False, True):
+        model = TinyMF(seed=10 + r + (7 if sparse_as_dense else 0))
+        model.compile(optimizer=hk.DistributedOptimizer(
+            tf_keras.optimizers.legacy.SGD(0.05, momentum=0.5), sparse_as_dense=sparse_as_dense),
+            steps_per_execution=3)
+        hist = model.fit(rating_dataset(data, B, seed=1, rank=r, size=hk.size()), epochs=3,
+                         verbose=0,
+                         callbacks=[hk.BroadcastGlobalVariablesCallback(0),
+                                    hk.MetricAverageCallback(),
+                                    hk.LearningRateWarmupCallback(initial_lr=0.05,
+                                                                  warmup_epochs=2)])
+        key = "dense" if sparse_as_dense else "sparse"
+        out[key] = {"weights": [v.numpy().tolist() for v in model.variables],
+                    "optimizer": [np.asarray(v.numpy()).tolist()
+                                  for v in model.optimizer.variables()],
+                    "loss": hist.history["loss"], "lr": hist.history["lr"]}
+    with open(os.path.join(out_dir, f"keras_rank{r}.json"), "w") as fh:
         json.dump(out, fh)
 
 
@@ -205,10 +259,9 @@ def test_single_process_is_a_noop():
     assert distributed.is_chief() and not distributed.is_distributed()
     assert distributed.allreduce_mean({"a": 1.5}) == {"a": 1.5}
     assert distributed.broadcast_object({"x": 1}) == {"x": 1}
-    assert distributed.any_rank(True) and not distributed.any_rank(False)
-    with tf.GradientTape() as tape:
-        pass
-    assert distributed.wrap_tape(tape) is tape
+    opt = make_optimizer(TrainConfig(), 1)
+    assert distributed.distributed_optimizer(opt) is opt
+    assert distributed.keras_callbacks() == []
 
 
 def test_tfmf_trains_with_horovod_unimportable(tmp_path):
@@ -216,14 +269,14 @@ def test_tfmf_trains_with_horovod_unimportable(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.modules["horovod"] = None
-        import tfmf, tfmf.distributed as d, tfmf.runner, tfmf.training.trainer
+        import tfmf, tfmf.distributed as d, tfmf.runner, tfmf.training.fit
         sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
         import test_distributed as t
         from tfmf.config import TrainConfig
         d.init()
         assert d.size() == 1 and d.rank() == 0 and d._hvd is None
-        model, trainer, shards = t.fit_toy(TrainConfig(**t.SGD_F32), t.N_ODD, rank=0, size=1)
-        assert trainer.history[-1]["loss"] < trainer.history[0]["loss"]
+        model, history, shards = t.fit_toy(TrainConfig(**t.SGD_F32), t.N_ODD, rank=0, size=1)
+        assert history[-1]["loss"] < history[0]["loss"]
         assert sorted(shards[0]) == list(range(t.N_ODD))
         try:
             import horovod.tensorflow
@@ -318,6 +371,27 @@ def test_all_ranks_end_with_identical_state(two_rank_run):
 
 @pytest.mark.slow
 @pytest.mark.horovod
+def test_a_users_keras_script_with_horovods_own_callbacks(tmp_path):
+    """compile + fit with hvd.DistributedOptimizer (sparse and sparse_as_dense),
+    BroadcastGlobalVariablesCallback, MetricAverageCallback and LearningRateWarmupCallback
+    (bound to tf_keras by tfmf.horovod_keras) under a real horovodrun: identical weights."""
+    proc, _ = horovodrun(2, [os.path.abspath(__file__), "worker", "keras", str(tmp_path)],
+                         timeout=300)
+    assert proc.returncode == 0, proc.stdout_text[-4000:]
+    r0, r1 = (json.load(open(tmp_path / f"keras_rank{r}.json")) for r in range(2))
+    for key in ("sparse", "dense"):
+        a, b = r0[key], r1[key]
+        assert len(a["weights"]) == 3
+        for x, y in zip(a["weights"] + a["optimizer"], b["weights"] + b["optimizer"]):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert a["loss"] == b["loss"]  # MetricAverageCallback: the same averaged logs
+        assert a["loss"][-1] < a["loss"][0]
+        # Warm-up from 0.05 / 2 towards 0.05 over 2 epochs, then the full LR.
+        assert a["lr"][0] < a["lr"][1] <= a["lr"][2] == pytest.approx(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.horovod
 def test_real_model_through_runner_and_entry_point(two_rank_run):
     from tfmf.data.pipelines import steps_per_epoch
 
@@ -394,4 +468,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "worker":
         worker(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: test_distributed.py worker <train|kill> <out_dir>")
+        sys.exit("usage: test_distributed.py worker <train|kill|keras> <out_dir>")

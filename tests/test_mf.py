@@ -67,7 +67,7 @@ def test_loss_components_match_numpy():
     m.user_bias.embeddings.assign(np.arange(6, dtype=np.float32)[:, None] / 10)
     m.item_bias.embeddings.assign(-np.arange(5, dtype=np.float32)[:, None] / 10)
     users, items, r = [0, 5, 5, 2], [1, 1, 4, 3], [4.0, 2.0, 5.0, 1.0]
-    out = {k: v.numpy() for k, v in m.compute_loss(_batch(users, items, r)).items()}
+    out = {k: v.numpy() for k, v in m.compute_losses(_batch(users, items, r)).items()}
     U, V = m.user_factors.numpy(), m.item_factors.numpy()
     bu, bi = m.user_bias.embeddings.numpy()[:, 0], m.item_bias.embeddings.numpy()[:, 0]
     pred = 3.0 + bu[users] + bi[items] + (U[users] * V[items]).sum(1)
@@ -83,7 +83,7 @@ def test_loss_components_match_numpy():
 
 def test_frobenius_mode_penalises_whole_tables():
     m = MatrixFactorization(6, 5, MFConfig(embedding_dim=2, l2=0.3, l2_mode="frobenius"))
-    out = m.compute_loss(_batch([0], [0], [1.0]))
+    out = m.compute_losses(_batch([0], [0], [1.0]))
     want = 0.3 * regularizers.frobenius_l2(m.user_factors, m.item_factors).numpy()
     np.testing.assert_allclose(out["l2"].numpy(), want, rtol=1e-6)
 
@@ -95,7 +95,7 @@ def test_huber_vs_mse():
         cfg = BiasedMFConfig(embedding_dim=2, l2=0.0, loss=kind, huber_delta=1.0)
         m = BiasedMatrixFactorization(3, 3, cfg, global_mean=3.0)
         m.user_embedding.embeddings.assign(np.zeros((3, 2), np.float32))  # prediction = 3.0
-        losses[kind] = m.compute_loss(_batch(users, items, r))["data"].numpy()
+        losses[kind] = m.compute_losses(_batch(users, items, r))["data"].numpy()
     err = np.abs(np.array(r) - 3.0)  # 2.0, 2.0, 0.2
     np.testing.assert_allclose(losses["mse"], np.mean(err ** 2), rtol=1e-6)
     huber = np.where(err <= 1.0, 0.5 * err ** 2, err - 0.5)
@@ -107,7 +107,7 @@ def test_batch_mode_gradients_are_sparse_and_gramian_dense():
     def grads(cfg):
         m = BiasedMatrixFactorization(8, 6, cfg, global_mean=3.0)
         with tf.GradientTape() as tape:
-            loss = m.compute_loss(_batch([1, 3], [2, 2], [4.0, 2.0]), training=True)["loss"]
+            loss = m.compute_losses(_batch([1, 3], [2, 2], [4.0, 2.0]), training=True)["loss"]
         return dict(zip(["U", "V", "bu", "bi"], tape.gradient(
             loss, [m.user_factors, m.item_factors, m.user_bias.embeddings,
                    m.item_bias.embeddings])))
@@ -124,8 +124,8 @@ def test_batch_mode_gradients_are_sparse_and_gramian_dense():
 # ------------------------------------------------------------------------------ training
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
 def test_sparse_updates_leave_unseen_rows_untouched(small, optimizer):
-    from tfmf.data.pipelines import rating_triples, steps_per_epoch
-    from tfmf.training.trainer import Trainer
+    from tfmf.data.pipelines import rating_dataset, steps_per_epoch
+    from tfmf.training.optimizers import make_optimizer
 
     train, _ = small
     train = train.subset(train.items != 7)  # item 7 never appears in a batch
@@ -133,8 +133,9 @@ def test_sparse_updates_leave_unseen_rows_untouched(small, optimizer):
     mcfg = BiasedMFConfig(embedding_dim=4, l2=0.05, bias_l2=0.01)
     model = BiasedMatrixFactorization(train.n_users, train.n_items, mcfg, seed=0, global_mean=3.0)
     before = model.item_factors.numpy().copy()
-    Trainer(cfg).fit(model, lambda e: rating_triples(train, cfg.batch_size, seed=0, epoch=e),
-                     steps_per_epoch=steps_per_epoch(train.nnz, cfg.batch_size))
+    # Plain Keras: compile + fit on the public pipeline.
+    model.compile(optimizer=make_optimizer(cfg, 1))
+    model.fit(rating_dataset(train, cfg.batch_size, seed=0), epochs=1, verbose=0)
     after = model.item_factors.numpy()
     np.testing.assert_array_equal(after[7], before[7])  # random init, never in a batch
     assert not np.array_equal(after[0], before[0])
@@ -154,15 +155,16 @@ def test_rows_without_training_data_predict_biases_only(small):
 def test_history_logs_loss_components_and_validation(small):
     train, test = small
     model = BiasedMF(embedding_dim=4, l2=0.05, gramian=0.1, bias_l2=0.01)
-    model.fit(train, _quiet(epochs=2), validation=test)
-    assert len(model.history) == 2
+    model.fit(train, _quiet(epochs=4), validation=test)
+    assert len(model.history) == 4
     for row in model.history:
         for key in ("loss", "data", "l2", "gramian", "bias_l2", "val_rmse", "val_mae"):
             assert key in row and np.isfinite(row[key]), key
         assert row["gramian"] > 0 and row["l2"] > 0
         np.testing.assert_allclose(row["loss"], row["data"] + row["l2"] + row["gramian"]
                                    + row["bias_l2"], rtol=1e-4)
-    assert model.history[1]["data"] < model.history[0]["data"]
+    assert model.history[-1]["data"] < model.history[0]["data"]
+    assert model.history[-1]["val_rmse"] < model.history[0]["val_rmse"]
 
 
 def test_recovers_low_rank_truth_to_noise_level():
@@ -267,7 +269,7 @@ def test_plain_mf_has_no_bias_terms(small):
     m = MF(embedding_dim=4).fit(train, _quiet(epochs=1))
     assert [v.shape for v in m.model.trainable_variables] == [(train.n_users, 4),
                                                                (train.n_items, 4)]
-    out = m.model.compute_loss(_batch([0], [0], [3.0]))
+    out = m.model.compute_losses(_batch([0], [0], [3.0]))
     assert float(out["bias_l2"]) == 0.0
 
 

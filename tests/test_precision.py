@@ -11,7 +11,8 @@ from tfmf.config import TrainConfig
 from tfmf.training.precision import (PRECISIONS, cast_sparse, compute_dtype, loss_scale_variables,
                                      precision_policy, wrap_optimizer)
 from tfmf.training.optimizers import make_optimizer
-from tfmf.training.trainer import Trainer, seed_everything
+from tfmf.training.fit import compile_model, fit, seed_everything
+from tfmf.training.model import ComponentLossModel
 
 MIXED = ("mixed_float16", "mixed_bfloat16")
 
@@ -65,7 +66,7 @@ def test_policy_scope_and_cast_sparse():
 def test_models_compute_in_policy_dtype_with_float32_losses(model_name, precision, small_split):
     """Layers compute in 16 bits, the sparse input meets a 16-bit kernel, losses are float32."""
     from tfmf import registry
-    from tfmf.data.pipelines import rating_triples, user_rows
+    from tfmf.data.pipelines import rating_dataset, user_rows
 
     train, _ = small_split
     cfg = TrainConfig(precision=precision, batch_size=64)
@@ -82,23 +83,25 @@ def test_models_compute_in_policy_dtype_with_float32_losses(model_name, precisio
         assert model(batch["items"]).dtype == tf.float32  # logits for log_softmax
     else:
         assert model.user_embedding.compute_dtype == want.name
-        batch = next(iter(rating_triples(train, 64, shuffle=False)))
+        batch = next(iter(rating_dataset(train, 64, shuffle=False)))
         assert model(batch).dtype == tf.float32
     assert all(v.dtype == tf.float32 for v in model.trainable_variables)
-    losses = model.compute_loss(batch, training=True)
+    losses = model.compute_losses(batch, training=True)
     assert {k: v.dtype for k, v in losses.items()} == {k: tf.float32 for k in losses}
     assert all(np.isfinite(v.numpy()) for v in losses.values())
 
 
-class _Emb(tf_keras.Model):
+class _Emb(ComponentLossModel):
     """Embedding regression: its gradients are IndexedSlices (the sparse path)."""
+
+    loss_components = ("loss", "data")
 
     def __init__(self):
         super().__init__()
         self.emb = tf_keras.layers.Embedding(
             40, 8, embeddings_initializer=tf_keras.initializers.RandomNormal(0, 0.3, seed=0))
 
-    def compute_loss(self, batch, training=True):
+    def compute_losses(self, batch, training=True):
         pred = tf.cast(tf.reduce_sum(self.emb(batch["u"]), -1), tf.float32)
         data = tf.reduce_mean(tf.square(pred - batch["y"]))
         return {"loss": data, "data": data}
@@ -110,18 +113,18 @@ def _emb_fit(cfg: TrainConfig):
     seed_everything(0)
     with precision_policy(cfg.precision):
         model = _Emb()
-    trainer = Trainer(cfg)
-    hist = trainer.fit(model, lambda e: tf.data.Dataset.from_tensor_slices({"u": u, "y": y}).batch(50),
-                       steps_per_epoch=8)
-    return model, trainer, hist
+    compile_model(model, cfg, 8)
+    hist = fit(model, tf.data.Dataset.from_tensor_slices({"u": u, "y": y}).batch(50), cfg,
+               steps_per_epoch=8).history
+    return model, model, hist
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
 def test_loss_scaling_with_legacy_optimizers_and_sparse_gradients(optimizer):
     lr = {"sgd": 0.05, "adagrad": 0.3, "adam": 0.05}[optimizer]
-    _, trainer, hist = _emb_fit(TrainConfig(epochs=4, optimizer=optimizer, learning_rate=lr,
+    _, fitted, hist = _emb_fit(TrainConfig(epochs=4, optimizer=optimizer, learning_rate=lr,
                                             precision="mixed_float16", verbose=0))
-    opt = trainer.optimizer
+    opt = fitted.optimizer
     assert isinstance(opt, tf_keras.mixed_precision.LossScaleOptimizer)
     assert isinstance(opt.inner_optimizer, tf_keras.optimizers.legacy.Optimizer)
     assert int(opt.iterations.numpy()) == 32
@@ -131,10 +134,10 @@ def test_loss_scaling_with_legacy_optimizers_and_sparse_gradients(optimizer):
 def test_float16_overflow_is_survived_by_dynamic_loss_scaling():
     """Start at 2**40: float16 gradients overflow, steps are skipped and the scale halves
     until they fit; then training proceeds with finite weights."""
-    model, trainer, hist = _emb_fit(TrainConfig(
+    model, fitted, hist = _emb_fit(TrainConfig(
         epochs=6, optimizer="adam", learning_rate=0.05, precision="mixed_float16",
         initial_loss_scale=2.0 ** 40, verbose=0))
-    scale = float(trainer.optimizer.loss_scale.numpy())
+    scale = float(fitted.optimizer.loss_scale.numpy())
     assert scale <= 2.0 ** 20  # float16 max is 65504: the scale had to drop by >= 2**20
     assert all(np.isfinite(v.numpy()).all() for v in model.variables)
     assert all(np.isfinite(h["loss"]) for h in hist)

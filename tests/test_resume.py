@@ -119,10 +119,10 @@ def test_resume_with_other_model_settings_is_refused_before_touching_the_run(tmp
 
 def test_resume_may_move_the_data(tmp_path):
     """data_dir/download say where the data is, not what it is: they may change on resume."""
-    from tfmf.runner import _check_resumable
+    from tfmf.runner import check_resumable
 
     run_dir = tmp_path / "run"
     assert _train(run_dir, epochs=1) == 0
     cfg = load_config(str(run_dir / "config.yaml"), overrides=["data.data_dir=/elsewhere",
                                                                 "data.download=true"])
-    _check_resumable(str(run_dir), cfg)  # no error
+    check_resumable(str(run_dir), cfg)  # no error

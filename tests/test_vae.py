@@ -59,31 +59,31 @@ def test_loss_decreases_and_ranks_the_right_half(cls):
 def test_kl_annealing_schedule_is_linear_then_capped():
     d = tiny_data()
     model = MultVAEModel(d.n_items, small_cfg(total_anneal_steps=4, anneal_cap=0.3), seed=0)
-    betas = [float(model.compute_loss(batch(d), training=True)["beta"]) for _ in range(7)]
+    betas = [float(model.compute_losses(batch(d), training=True)["beta"]) for _ in range(7)]
     np.testing.assert_allclose(betas, [0.0, 0.25, 0.3, 0.3, 0.3, 0.3, 0.3], atol=1e-7)
     assert int(model.anneal_step.numpy()) == 7
     # Evaluation does not advance the schedule.
-    model.compute_loss(batch(d), training=False)
+    model.compute_losses(batch(d), training=False)
     assert int(model.anneal_step.numpy()) == 7
     no_anneal = MultVAEModel(d.n_items, small_cfg(total_anneal_steps=0, anneal_cap=0.2), seed=0)
-    assert float(no_anneal.compute_loss(batch(d))["beta"]) == pytest.approx(0.2)
+    assert float(no_anneal.compute_losses(batch(d))["beta"]) == pytest.approx(0.2)
 
 
 def test_anneal_step_and_rng_are_checkpointed(tmp_path):
     d = tiny_data()
     model = MultVAEModel(d.n_items, small_cfg(), seed=5)
     for _ in range(3):
-        model.compute_loss(batch(d), training=True)
+        model.compute_losses(batch(d), training=True)
     path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ck"))
     names = [n for n, _ in tf.train.list_variables(path)]
     assert any("anneal_step" in n for n in names) and any("rng" in n for n in names)
-    after = model.compute_loss(batch(d), training=True)["loss"]
+    after = model.compute_losses(batch(d), training=True)["loss"]
     twin = MultVAEModel(d.n_items, small_cfg(), seed=999)
     twin(batch(d)["items"])  # create variables, then restore
     tf.train.Checkpoint(model=twin).read(path).assert_consumed()
     assert int(twin.anneal_step.numpy()) == 3
     # Same weights, same schedule step, same generator state: the resumed step is identical.
-    assert float(twin.compute_loss(batch(d), training=True)["loss"]) == float(after)
+    assert float(twin.compute_losses(batch(d), training=True)["loss"]) == float(after)
 
 
 def test_dropout_touches_only_values_and_first_layer_gets_sparse():
@@ -110,7 +110,7 @@ def test_dropout_touches_only_values_and_first_layer_gets_sparse():
         return original(inputs, *args, **kwargs)
 
     layer.call = spy
-    model.compute_loss({"items": x}, training=True)
+    model.compute_losses({"items": x}, training=True)
     model(x, training=False)
     assert seen and all(issubclass(t, tf.SparseTensor) for t in seen)
 
@@ -121,7 +121,7 @@ def test_same_seed_same_losses_different_seed_differs():
     def losses(seed):
         tf.keras.utils.set_random_seed(0)  # same initial weights every time
         m = MultVAEModel(d.n_items, small_cfg(), seed=seed)
-        return [float(m.compute_loss(batch(d), training=True)["loss"]) for _ in range(3)]
+        return [float(m.compute_losses(batch(d), training=True)["loss"]) for _ in range(3)]
 
     a = losses(1)
     assert losses(1) == a
@@ -131,7 +131,7 @@ def test_same_seed_same_losses_different_seed_differs():
 def test_dae_has_no_kl_and_deterministic_code():
     d = tiny_data()
     model = MultVAEModel(d.n_items, small_cfg(variational=False), seed=0)
-    out = model.compute_loss(batch(d), training=True)
+    out = model.compute_losses(batch(d), training=True)
     assert float(out["kl"]) == 0.0 and float(out["beta"]) == 0.0
     assert float(out["loss"]) == pytest.approx(float(out["nll"]) + float(out["l2"]))
     mu, logvar = model.encode(batch(d)["items"])
@@ -163,7 +163,7 @@ def test_mixed_precision_loss_is_float32_and_finite():
     with precision_policy("mixed_float16"):
         model = MultVAEModel(d.n_items, small_cfg(), seed=0)
     with tf.GradientTape() as tape:
-        out = model.compute_loss(batch(d), training=True)
+        out = model.compute_losses(batch(d), training=True)
     grads = tape.gradient(out["loss"], model.trainable_variables)
     assert model.decoder_layers[0].compute_dtype == "float16"
     assert all(v.dtype == tf.float32 for v in out.values())
@@ -174,7 +174,7 @@ def test_empty_batch_gives_zero_loss_not_nan():
     d = tiny_data()
     model = MultVAEModel(d.n_items, small_cfg(), seed=0)
     empty = tf.SparseTensor(np.zeros((0, 2), np.int64), np.zeros(0, np.float32), [0, d.n_items])
-    out = model.compute_loss({"items": empty}, training=True)
+    out = model.compute_losses({"items": empty}, training=True)
     assert float(out["nll"]) == 0.0 and float(out["kl"]) == 0.0
 
 

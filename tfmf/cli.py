@@ -28,7 +28,7 @@ class CliError(TfmfError):
 
 # --------------------------------------------------------------------------- helpers
 def _print_json(obj) -> None:
-    from tfmf.runner import _json_default
+    from tfmf.fileio import json_default as _json_default
 
     print(json.dumps(obj, indent=2, default=_json_default))
 

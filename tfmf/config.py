@@ -27,6 +27,11 @@ import yaml
 from tfmf.errors import ConfigError
 
 
+#: Metric names EvalConfig, the evaluators and the tuner's objectives all read from here.
+RATING_METRICS = ("rmse", "mae")
+RANKING_METRICS = ("ndcg", "recall", "precision", "map")
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass
 class SplitConfig:
@@ -42,6 +47,10 @@ class SplitConfig:
       temporal_mode: temporal split per user (last interactions of each user) or by a global
         time cutoff.
       fold_in_fraction: share of a held-out user's items given to the model (rest are targets).
+      validation_users: for strong / user_folds, validation users taken from the training
+        users (a count >= 1, or a share < 1), split fold-in/target like the test users; they
+        drive per-epoch NDCG, early stopping and restore_best (0: none). Splits of ratings use
+        ``train.validation_fraction`` instead.
       seed: RNG seed.
     """
 
@@ -51,10 +60,12 @@ class SplitConfig:
     test_fraction: float = 0.2
     temporal_mode: Literal["user", "global"] = "user"
     fold_in_fraction: float = 0.8
+    validation_users: float = 0.0
     seed: int = 0
 
     def validate(self, key: str) -> None:
         _check(self.n_folds >= 2, f"{key}.n_folds", "must be >= 2")
+        _check(self.validation_users >= 0, f"{key}.validation_users", "must be >= 0")
         _check(0.0 < self.test_fraction < 1.0, f"{key}.test_fraction", "must be in (0, 1)")
         _check(0.0 < self.fold_in_fraction < 1.0, f"{key}.fold_in_fraction", "must be in (0, 1)")
 
@@ -128,7 +139,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Gradient training, read by the one Trainer (tfmf.training.Trainer).
+    """Training, read by the one epoch loop (:func:`tfmf.training.fit.fit`, Keras' ``fit``).
 
     Attributes:
       epochs: passes over the training data.
@@ -148,9 +159,14 @@ class TrainConfig:
       seed: seed for initialisation, shuffling and dropout.
       deterministic: enable TF op determinism (bitwise-repeatable runs, slower).
       shuffle / prefetch: input pipeline switches.
-      checkpoint_every: save a checkpoint every N epochs (0 disables).
-      keep_checkpoints: how many checkpoints to keep.
+      checkpoint_every: save the BackupAndRestore checkpoint every N epochs and at the last one
+        (0 disables it, and with it ``--resume``).
       early_stopping_patience: stop after N epochs without validation improvement.
+      restore_best: end with the weights of the best validated epoch.
+      validation_fraction: share of the *training* ratings held out (seeded) as validation
+        for per-epoch metrics, early stopping and restore_best, for splits of ratings
+        (holdout, kfold, official, temporal). User splits take validation users instead
+        (``data.split.validation_users``). The test part never reaches model selection.
       scale_lr_by_world_size: multiply the LR by the number of Horovod ranks.
       sparse_as_dense: Horovod: densify embedding gradients and allreduce them instead of
         allgathering the touched rows (cheaper only for small tables; see tfmf.distributed).
@@ -181,8 +197,9 @@ class TrainConfig:
     shuffle: bool = True
     prefetch: bool = True
     checkpoint_every: int = 1
-    keep_checkpoints: int = 2
     early_stopping_patience: int | None = None
+    restore_best: bool = False
+    validation_fraction: float = 0.0
     scale_lr_by_world_size: bool = False
     sparse_as_dense: bool = False
     verbose: int = 1
@@ -201,7 +218,8 @@ class TrainConfig:
         _check(self.clipnorm is None or self.clipnorm > 0, f"{key}.clipnorm", "must be > 0")
         _check(self.clipvalue is None or self.clipvalue > 0, f"{key}.clipvalue", "must be > 0")
         _check(self.checkpoint_every >= 0, f"{key}.checkpoint_every", "must be >= 0")
-        _check(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "must be >= 1")
+        _check(0.0 <= self.validation_fraction < 1.0, f"{key}.validation_fraction",
+               "must be in [0, 1)")
         if self.schedule == "piecewise":
             _check(len(self.values) == len(self.boundaries) + 1, f"{key}.values",
                    "piecewise needs len(values) == len(boundaries) + 1")
@@ -226,8 +244,6 @@ class EvalConfig:
     exclude_seen: bool = True
 
     def validate(self, key: str) -> None:
-        from tfmf.evaluation import RANKING_METRICS, RATING_METRICS  # lazy: no import cycle
-
         known = set(RATING_METRICS + RANKING_METRICS)
         bad = [m for m in self.metrics if m not in known]
         _check(not bad, f"{key}.metrics", f"unknown metric(s) {bad}; known: {sorted(known)}")

@@ -1,34 +1,29 @@
-"""Horovod data parallelism behind a small API the Trainer uses; a no-op in one process.
+"""Horovod data parallelism for Keras ``fit()``; a no-op in one process.
 
 Horovod is initialised only when the process was started by ``horovodrun`` (it sets
 ``HOROVOD_RANK``), so the same code trains single-process unchanged and never needs Horovod
 installed for that: nothing here imports ``horovod`` until :func:`init` runs under horovodrun.
 
-What the Trainer does with it (``tfmf/training/trainer.py``), per step and per epoch:
+How a fit is distributed (``tfmf/training/fit.py``), all through Horovod's own Keras pieces
+(:mod:`tfmf.horovod_keras` binds them to tf_keras):
 
-* **Gradients.** The GradientTape is wrapped in ``hvd.DistributedGradientTape``, which averages
-  gradients over ranks inside ``tape.gradient``. With mixed_float16 the order is
-  ``scaled loss -> tape.gradient (allreduce of *scaled* grads) -> unscale -> apply``; every rank
-  then sees the same (possibly non-finite) averaged gradients, so the dynamic loss scale skips
-  or applies the step identically everywhere and stays in sync without extra communication.
+* **Gradients.** The optimizer is ``hvd.DistributedOptimizer``, which averages gradients over
+  ranks inside ``_compute_gradients``. With mixed_float16 it sits *inside* the
+  ``LossScaleOptimizer``: scaled loss -> gradients (allreduce of *scaled* grads) -> unscale ->
+  apply; every rank sees the same (possibly non-finite) averaged gradients, so the dynamic loss
+  scale skips or applies a step identically everywhere.
 * **Sparse embedding gradients.** Embedding lookups produce ``tf.IndexedSlices``. By default
   (``sparse_as_dense=False``) Horovod *allgathers* their values and indices instead of
-  allreducing a dense [rows, dim] tensor, so traffic per step is ``size * batch * dim`` (rows
-  touched by the batch) rather than ``n_users * dim`` / ``n_items * dim``; the legacy optimizers
-  then update only those rows. ``TrainConfig.sparse_as_dense=True`` densifies them first and uses
-  one allreduce, which is cheaper when the tables are small (a few thousand rows) or the batch
-  touches most rows. Mult-VAE's first layer is a sparse-dense matmul whose kernel gradient is
-  already dense, so the option does not change it.
-* **Initial state.** After the first step of a fit (when optimizer slots exist) all model
-  variables (trainable and not, e.g. the global mean and Mult-VAE ``anneal_step``), all
-  optimizer variables (``iterations``, Adam/Adagrad slots) and the dynamic loss-scale state are
-  broadcast from rank 0, so every rank continues from rank 0's exact state even if their
-  initialisations differed.
-* **Metrics.** Epoch means of the loss components are averaged over ranks; validation runs on
-  rank 0 and its metrics are broadcast, and a stop requested on any rank (early stopping, a
-  callback) stops all ranks together.
-* **Side effects.** Only rank 0 (:func:`is_chief`) logs, shows progress bars, writes checkpoints,
-  history, TensorBoard and exports.
+  allreducing a dense [rows, dim] tensor, so traffic per step is ``size * batch * dim`` rather
+  than ``n_users * dim``; ``TrainConfig.sparse_as_dense=True`` densifies them and uses one
+  allreduce, cheaper only for small tables. Mult-VAE's first-layer kernel gradient is dense.
+* **Initial state.** ``BroadcastGlobalVariablesCallback(0)`` copies rank 0's model and optimizer
+  variables to every rank after the first batch (every rank starts from the same seed).
+* **Metrics.** ``MetricAverageCallback`` averages the epoch logs over ranks before any callback
+  reads them; validation runs on rank 0 and is broadcast (:class:`tfmf.training.callbacks.
+  Validation`), so early stopping stops every rank together.
+* **Side effects.** Only rank 0 (:func:`is_chief`) prints progress, writes history, TensorBoard,
+  the model and the metrics; each rank keeps its own BackupAndRestore checkpoint.
 
 Failure behaviour: if one rank dies, Gloo's peers get a connection error on the next collective
 and horovodrun terminates the job with a non-zero exit; ``HOROVOD_GLOO_TIMEOUT_SECONDS`` bounds
@@ -110,19 +105,32 @@ def is_chief() -> bool:
     return rank() == 0
 
 
-def wrap_tape(tape, sparse_as_dense: bool = False):
-    """DistributedGradientTape averaging gradients over ranks (identity in one process).
+def distributed_optimizer(optimizer, sparse_as_dense: bool = False):
+    """Horovod's DistributedOptimizer around ``optimizer`` (``optimizer`` itself in one process).
 
     Args:
-      tape: the ``tf.GradientTape`` that recorded the (scaled) loss.
+      optimizer: a tf_keras legacy optimizer.
       sparse_as_dense: densify IndexedSlices and allreduce them (default: allgather the rows).
-
-    Returns:
-      A tape whose ``gradient`` returns rank-averaged gradients.
     """
     if not is_distributed():
-        return tape
-    return _hvd.DistributedGradientTape(tape, sparse_as_dense=sparse_as_dense)
+        return optimizer
+    from tfmf import horovod_keras
+
+    return horovod_keras.DistributedOptimizer(optimizer, sparse_as_dense=sparse_as_dense)
+
+
+def keras_callbacks() -> list:
+    """Horovod's broadcast and metric-averaging callbacks for tf_keras ([] in one process).
+
+    MetricAverageCallback comes first among the two so that every later callback (history,
+    early stopping, TensorBoard) reads rank-averaged logs.
+    """
+    if not is_distributed():
+        return []
+    from tfmf import horovod_keras
+
+    return [horovod_keras.BroadcastGlobalVariablesCallback(0),
+            horovod_keras.MetricAverageCallback()]
 
 
 def broadcast_variables(variables: Iterable) -> None:

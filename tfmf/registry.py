@@ -44,3 +44,9 @@ def get(name: str) -> type:
 def names() -> list[str]:
     _load_all()
     return sorted(_MODELS)
+
+
+def create(name: str, config=None):
+    """A fresh, unfitted Recommender ``name`` (``config``: its Config instance, None: defaults)."""
+    cls = get(name)
+    return cls(config if config is not None else cls.config_class())

@@ -1,8 +1,12 @@
 """tf.data input pipelines: rating triples and sparse user rows, sharded per (rank, size).
 
-Batch membership is decided in numpy by :func:`shard_indices` (seeded by ``(seed, epoch)``, so a
-resumed run replays the same order and every Horovod rank runs the same number of steps); the
-tf.data side only slices precomputed batches, so it is deterministic and fast. Nothing is ever
+A pipeline is built once per fit and serves every epoch; Keras opens a new iterator per epoch.
+Batch membership is static: :func:`shard_indices` cuts this rank's positions into batches
+(disjoint shards, equal step counts on every rank). Each epoch maps positions to examples
+through a seeded permutation, ``tf.random.experimental.index_shuffle(position, (seed, epoch))``,
+evaluated per batch inside the graph: no per-epoch rebuild, no host-side shuffle, and the
+epoch is read when the iterator opens -- from a counter, or from ``epoch=`` (e.g. the
+optimizer's restored step count, so a resumed run replays the same order). Nothing is ever
 densified: user rows are gathered from CSR arrays inside the graph.
 """
 from __future__ import annotations
@@ -52,8 +56,7 @@ def shard_indices(n: int, batch_size: int, *, rank: int = 0, size: int = 1, seed
     if not 0 <= rank < size:
         raise ValueError(f"rank must be in [0, {size}), got {rank}")
     steps = steps_per_epoch(n, batch_size, size)
-    order = (np.random.default_rng([seed, epoch]).permutation(n) if shuffle
-             else np.arange(n, dtype=np.int64))
+    order = epoch_order(n, seed, epoch) if shuffle else np.arange(n, dtype=np.int64)
     shard = order[rank::size]
     cuts = list(range(batch_size, len(shard), batch_size))
     if len(cuts) + 1 < steps and len(shard) > 0:
@@ -72,26 +75,71 @@ def shard_indices(n: int, batch_size: int, *, rank: int = 0, size: int = 1, seed
     return batches
 
 
-def _batched(batches: list[np.ndarray], columns: dict[str, np.ndarray]):
-    """A Dataset whose element k is batch k of every column (plain dense tensors).
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of ``range(n)`` used in ``epoch`` (what the pipelines compute in-graph)."""
+    import tensorflow as tf
 
-    The columns are gathered into batch order once in numpy; each element is then a contiguous
-    slice, so iterating costs no per-example work.
+    if n == 0:
+        return np.zeros(0, np.int64)
+    return tf.random.experimental.index_shuffle(
+        tf.range(n, dtype=tf.int64), seed=tf.constant([seed, epoch], tf.int64),
+        max_index=n - 1).numpy()
+
+
+def _epoch_source(epoch):
+    """A zero-argument function giving the epoch as an int64 scalar tensor.
+
+    ``epoch`` may be an int (fixed), a callable (read when each epoch's iterator opens, e.g.
+    ``tfmf.training.fit.epoch_of(model, steps)``) or None: a counter of the iterators opened
+    so far (0 for the first pass, 1 for the second...).
     """
     import tensorflow as tf
 
-    idx = np.concatenate(batches) if batches else np.empty(0, np.int64)
-    splits = np.zeros(len(batches) + 1, np.int64)
-    np.cumsum([len(b) for b in batches], out=splits[1:])
-    tensors = {k: tf.constant(v[idx]) for k, v in columns.items()}
-    bounds = tf.constant(splits)
+    if callable(epoch):
+        return lambda: tf.cast(epoch(), tf.int64)
+    if epoch is not None:
+        value = int(epoch)
+        return lambda: tf.constant(value, tf.int64)
+    counter = tf.Variable(-1, dtype=tf.int64, trainable=False)
+    return lambda: counter.assign_add(1)
 
-    def take(k):
-        lo, hi = bounds[k], bounds[k + 1]
-        return {name: t[lo:hi] for name, t in tensors.items()}
 
-    return tf.data.Dataset.range(len(batches)).map(take, num_parallel_calls=tf.data.AUTOTUNE,
-                                                   deterministic=True)
+def epoch_batches(n: int, batch_size: int, *, rank: int = 0, size: int = 1, seed: int = 0,
+                  epoch=None, shuffle: bool = True):
+    """A Dataset of this rank's batches of example indices (int64 vectors), one pass per epoch.
+
+    Batch k of epoch e is ``shard_indices(n, batch_size, rank=rank, size=size, seed=seed,
+    epoch=e, shuffle=shuffle)[k]``; the cardinality is ``steps_per_epoch(n, batch_size, size)``.
+
+    Args:
+      n, batch_size, rank, size, seed, shuffle: as :func:`shard_indices`.
+      epoch: int, callable or None (see :func:`_epoch_source`).
+    """
+    import tensorflow as tf
+
+    positions = shard_indices(n, batch_size, rank=rank, size=size, shuffle=False)
+    steps = len(positions)
+    flat = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    splits = np.zeros(steps + 1, np.int64)
+    np.cumsum([len(b) for b in positions], out=splits[1:])
+    flat_t, bounds = tf.constant(flat, tf.int64), tf.constant(splits)
+    seed_t = tf.constant(int(seed), tf.int64)
+    current = _epoch_source(epoch)
+
+    def one_epoch(e):
+        def take(k):
+            pos = flat_t[bounds[k]:bounds[k + 1]]
+            if not shuffle:
+                return pos
+            return tf.random.experimental.index_shuffle(pos, seed=tf.stack([seed_t, e]),
+                                                        max_index=max(0, n - 1))
+
+        return tf.data.Dataset.range(steps).map(take, num_parallel_calls=tf.data.AUTOTUNE,
+                                                deterministic=True)
+
+    ds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(lambda _: current())
+    ds = ds.flat_map(one_epoch)
+    return ds.apply(tf.data.experimental.assert_cardinality(steps))
 
 
 def _finish(ds, prefetch: bool):
@@ -100,33 +148,39 @@ def _finish(ds, prefetch: bool):
     return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
 
 
-def rating_triples(data: InteractionData, batch_size: int, *, seed: int = 0, epoch: int = 0,
+def rating_dataset(data: InteractionData, batch_size: int = 1024, *, seed: int = 0, epoch=None,
                    rank: int = 0, size: int = 1, shuffle: bool = True, prefetch: bool = True):
-    """One epoch of (user, item, rating) batches for this rank.
+    """(user, item, rating) batches for this rank, reshuffled every epoch; ready for ``fit``.
 
     Args:
       data: interactions.
       batch_size: ratings per batch (per rank).
-      seed, epoch: shuffle seed; call once per epoch with the epoch number.
+      seed: shuffle seed; epoch e's order is seeded by (seed, e).
+      epoch: int, callable or None: which epoch each pass is (see :func:`_epoch_source`).
       rank, size: Horovod rank and world size (see :func:`shard_indices`).
       shuffle: shuffle interactions.
       prefetch: add ``prefetch(AUTOTUNE)``.
 
     Returns:
       tf.data.Dataset of ``{"user_id": int32[b], "item_id": int32[b], "rating": float32[b]}``
-      with ``steps_per_epoch(data.nnz, batch_size, size)`` elements.
+      with ``steps_per_epoch(data.nnz, batch_size, size)`` elements per pass.
     """
-    batches = shard_indices(data.nnz, batch_size, rank=rank, size=size, seed=seed, epoch=epoch,
-                            shuffle=shuffle)
-    ds = _batched(batches, {"user_id": data.users, "item_id": data.items,
-                                   "rating": data.values})
+    import tensorflow as tf
+
+    cols = {"user_id": tf.constant(data.users, tf.int32), "item_id": tf.constant(data.items, tf.int32),
+            "rating": tf.constant(data.values, tf.float32)}
+    ds = epoch_batches(data.nnz, batch_size, rank=rank, size=size, seed=seed, epoch=epoch,
+                       shuffle=shuffle)
+    ds = ds.map(lambda idx: {k: tf.gather(t, idx) for k, t in cols.items()},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(ds, prefetch)
 
 
+
 def user_rows(csr: sp.csr_matrix, batch_size: int, *, users: np.ndarray | None = None,
-              target: sp.csr_matrix | None = None, seed: int = 0, epoch: int = 0, rank: int = 0,
+              target: sp.csr_matrix | None = None, seed: int = 0, epoch=None, rank: int = 0,
               size: int = 1, shuffle: bool = True, prefetch: bool = True):
-    """One epoch of batches of sparse user rows (for autoencoders / fold-in), never densified.
+    """Batches of sparse user rows (autoencoders / fold-in), never densified; every epoch.
 
     The CSR arrays live in the graph once; each batch gathers its rows' spans with
     ``tf.ragged.range`` and builds a SparseTensor in canonical (row-major) order.
@@ -136,7 +190,7 @@ def user_rows(csr: sp.csr_matrix, batch_size: int, *, users: np.ndarray | None =
       batch_size: users per batch (per rank).
       users: row indices to iterate (default: all rows).
       target: optional CSR of the same shape; its rows are returned as ``"target"``.
-      seed, epoch, rank, size, shuffle, prefetch: as in :func:`rating_triples`.
+      seed, epoch, rank, size, shuffle, prefetch: as in :func:`rating_dataset`.
 
     Returns:
       tf.data.Dataset of ``{"user_index": int32[b], "items": SparseTensor float32 [b, n_items]}``
@@ -151,13 +205,12 @@ def user_rows(csr: sp.csr_matrix, batch_size: int, *, users: np.ndarray | None =
         mats["target"] = _canonical(target)
     n_items = csr.shape[1]
     users = np.arange(csr.shape[0], dtype=np.int64) if users is None else np.asarray(users, np.int64)
-    batches = shard_indices(len(users), batch_size, rank=rank, size=size, seed=seed, epoch=epoch,
-                            shuffle=shuffle)
+    users_t = tf.constant(users, tf.int64)
     parts = {k: (tf.constant(m.indptr.astype(np.int64)), tf.constant(m.indices.astype(np.int64)),
                  tf.constant(m.data.astype(np.float32))) for k, m in mats.items()}
 
-    def gather_rows(batch):
-        u = batch["user_index"]
+    def gather_rows(idx):
+        u = tf.gather(users_t, idx)
         out = {"user_index": tf.cast(u, tf.int32)}
         for key, (indptr, indices, values) in parts.items():
             pos = tf.ragged.range(tf.gather(indptr, u), tf.gather(indptr, u + 1))
@@ -167,7 +220,8 @@ def user_rows(csr: sp.csr_matrix, batch_size: int, *, users: np.ndarray | None =
             out[key] = tf.SparseTensor(coords, tf.gather(values, flat), shape)
         return out
 
-    ds = _batched(batches, {"user_index": users})
+    ds = epoch_batches(len(users), batch_size, rank=rank, size=size, seed=seed, epoch=epoch,
+                       shuffle=shuffle)
     ds = ds.map(gather_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(ds, prefetch)
 

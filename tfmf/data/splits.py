@@ -222,3 +222,44 @@ def make_splits(data: InteractionData, cfg: SplitConfig,
         yield from user_folds(data, cfg.n_folds, cfg.fold_in_fraction, cfg.seed)
     else:
         raise DataError(f"unknown split kind {kind!r}")
+
+
+def carve_validation(fold, *, fraction: float = 0.0, users: float = 0.0,
+                     fold_in_fraction: float = 0.8, seed: int = 0):
+    """Splits a validation part off a fold's *training* part; the test part is untouched.
+
+    Model selection (per-epoch metrics, early stopping, restore_best, tuning) reads only this
+    validation part, so the test part is scored once, at the end.
+
+    Args:
+      fold: a (train, test) pair or a StrongSplit.
+      fraction: for (train, test) pairs, the share of the training ratings held out at random
+        (seeded) as validation ratings; 0: none.
+      users: for a StrongSplit, validation users taken from the training users: a count
+        (>= 1) or a share of them (< 1); they are split fold-in/target like test users; 0:
+        none.
+      fold_in_fraction: fold-in share of a validation user's interactions.
+      seed: RNG seed (the split's seed gives the same validation part on every run).
+
+    Returns:
+      ``(fit_train, validation, test)``: the data to fit on, the validation part
+      (InteractionData, StrongSplit, or None) and the fold's test part.
+    """
+    if isinstance(fold, tuple):
+        train, test = fold
+        if not fraction:
+            return train, None, test
+        fit_train, validation = holdout(train, fraction, seed + 7919)
+        return fit_train, validation, test
+    train, test = fold.train, fold
+    if not users:
+        return train, None, test
+    active = _active_users(train)
+    n_val = int(users) if users >= 1 else int(round(users * len(active)))
+    if not 1 <= n_val < len(active):
+        raise DataError(f"data.split.validation_users={users} leaves {len(active)} training "
+                        "users with no room for validation users (need at least 1 and fewer "
+                        "than all)")
+    rng = np.random.default_rng(seed + 7919)
+    validation = _fold_in_target(train, rng.permutation(active)[:n_val], fold_in_fraction, rng)
+    return validation.train, validation, test

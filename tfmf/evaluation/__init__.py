@@ -1,9 +1,8 @@
 """Evaluation: rating metrics (rating.py), ranking metrics (ranking.py), model selection."""
 from __future__ import annotations
 
-#: Metric names EvalConfig, the evaluators and the tuner's objectives all read from here.
-RATING_METRICS = ("rmse", "mae")
-RANKING_METRICS = ("ndcg", "recall", "precision", "map")
+# The metric names live with EvalConfig (the config layer is below evaluation).
+from tfmf.config import RANKING_METRICS, RATING_METRICS  # noqa: F401
 
 
 def evaluate(model, test, eval_config=None) -> dict[str, float]:
@@ -38,3 +37,26 @@ def evaluate(model, test, eval_config=None) -> dict[str, float]:
 
         out.update(evaluate_known_users(model, test, cfg))
     return out
+
+
+def validation_metrics(model, validation, batch_size: int = 1024) -> dict[str, float]:
+    """The per-epoch validation metrics of a fit, keys prefixed ``val_``.
+
+    Args:
+      model: the Recommender being fitted.
+      validation: validation ratings (an InteractionData; RMSE/MAE, clipped, for explicit
+        models), or validation users (a StrongSplit) / held-out items of known users for
+        implicit models (NDCG@100, Recall@20).
+      batch_size: users scored per batch.
+    """
+    from tfmf.config import EvalConfig
+
+    explicit = (model.task in ("explicit", "both") and not hasattr(validation, "target")
+                and not validation.implicit)
+    if explicit:
+        cfg = EvalConfig(metrics=["rmse", "mae"], batch_size=batch_size)
+    else:
+        cfg = EvalConfig(metrics=["ndcg", "recall"], ks=[20, 100], batch_size=batch_size)
+    res = evaluate(model, validation, cfg)
+    keys = ("rmse", "mae") if explicit else ("ndcg@100", "recall@20")
+    return {f"val_{k}": res[k] for k in keys if k in res}

@@ -56,12 +56,6 @@ class CVResult:
         return format_table(rows, float_format=".4f", columns=["fold", *names])
 
 
-def build_model(model_name: str, model_config=None):
-    """A fresh, unfitted Recommender from the registry."""
-    cls = registry.get(model_name)
-    return cls(model_config if model_config is not None else cls.config_class())
-
-
 def split_parts(fold) -> tuple[Any, Any]:
     """(train, test) of a fold given as a tuple or a StrongSplit-like object."""
     if isinstance(fold, tuple):
@@ -70,9 +64,13 @@ def split_parts(fold) -> tuple[Any, Any]:
 
 
 def cross_validate(model_name: str, model_config, folds: Iterable, *, train_config=None,
-                   eval_config=None, run_dir: str | None = None,
-                   verbose: bool = True) -> CVResult:
+                   eval_config=None, run_dir: str | None = None, verbose: bool = True,
+                   validation_users: float = 0.0, seed: int = 0) -> CVResult:
     """Fits a fresh model on each fold's training part and evaluates it on the held-out part.
+
+    When ``train_config.validation_fraction`` (rating folds) or ``validation_users`` (user
+    folds) is set, each fold's training part gives up a validation part for per-epoch metrics,
+    early stopping and restore_best; the held-out part is scored once, after the fit.
 
     Args:
       model_name: registry name (e.g. "biased_mf").
@@ -82,17 +80,23 @@ def cross_validate(model_name: str, model_config, folds: Iterable, *, train_conf
       eval_config: tfmf.config.EvalConfig.
       run_dir: if given, each fold trains in ``run_dir/fold_<k>``.
       verbose: print one line per fold.
+      validation_users: validation users per user fold (count, or share < 1).
+      seed: seed of the validation parts.
 
     Returns:
       A CVResult with per-fold and summary statistics.
     """
+    from tfmf.data.splits import carve_validation
+
     result = CVResult()
+    fraction = getattr(train_config, "validation_fraction", 0.0) if train_config else 0.0
     for k, fold in enumerate(folds, start=1):
-        train, test = split_parts(fold)
-        model = build_model(model_name, model_config)
+        train, validation, test = carve_validation(fold, fraction=fraction,
+                                                   users=validation_users, seed=seed)
+        model = registry.create(model_name, model_config)
         fold_dir = os.path.join(run_dir, f"fold_{k}") if run_dir else None
         t0 = time.perf_counter()
-        model.fit(train, train_config, run_dir=fold_dir)
+        model.fit(train, train_config, validation=validation, run_dir=fold_dir)
         fit_s = time.perf_counter() - t0
         metrics = evaluate(model, test, eval_config)
         row = {"fold": k, **metrics, "fit_seconds": fit_s}

@@ -42,9 +42,10 @@ import tensorflow as tf
 
 from tfmf.config import TrainConfig, check
 from tfmf.data.interactions import InteractionData
-from tfmf.models.mf import MF, BiasedMF, BiasedMFConfig, MFConfig
+from tfmf.models.mf import BiasedMatrixFactorization, BiasedMFConfig, FactorRecommender, MFConfig
 from tfmf.registry import register
-from tfmf.training.trainer import Trainer
+from tfmf.training.fit import compile_model
+from tfmf.training.model import SweepModel, sweep_dataset
 
 # A chunk holds at most chunk_size * this many padded entries, so a chunk of very long rows
 # (the head of a power-law distribution) is split further and memory stays bounded.
@@ -452,25 +453,73 @@ class ALSSolver:
 
 
 # --------------------------------------------------------------------------- Recommenders
-class _ALSFit:
-    """ALS training and fold-in for the Keras MF models of :mod:`tfmf.models.mf`.
+class ALSSweeps(SweepModel):
+    """One ALS sweep (users, then items) per ``fit`` step, written into a factor model.
 
-    Mixed in before :class:`~tfmf.models.mf.MF` / :class:`~tfmf.models.mf.BiasedMF`: ``fit``
-    runs the alternating solves and assigns the factors (and biases) into the Keras model's
-    embedding variables, so predict/score/recommend/save/load/export are the MF models'.
+    The factor model's variables are the whole state, so a BackupAndRestore checkpoint of
+    this model resumes a fit at its last completed sweep.
+
+    Args:
+      factors: the Keras factor model (MatrixFactorization or BiasedMatrixFactorization).
+      solver: the ridge solver over the training matrix.
+      biased: solve biases (explicit ALS).
+      implicit: iALS (no train RMSE).
+    """
+
+    def __init__(self, factors, solver: ALSSolver, *, biased: bool, implicit: bool):
+        names = ("loss", "data", "l2") + (("gramian",) if implicit else ("rmse",))
+        super().__init__(loss_components=names + ("solve_seconds",))
+        self.factors, self.solver = factors, solver
+        self.biased, self.implicit = biased, implicit
+
+    def parameters(self):
+        """(U, V, user bias or None, item bias or None) of the factor model."""
+        m = self.factors
+        if self.biased:
+            return (m.user_factors, m.item_factors, m.user_bias.embeddings[:, 0],
+                    m.item_bias.embeddings[:, 0])
+        return m.user_factors, m.item_factors, None, None
+
+    def sweep(self, epoch: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        U, V, bu, bi = self.parameters()
+        U, bu = self.solver.user_step(U, V, bu, bi)
+        V, bi = self.solver.item_step(U, V, bu, bi)
+        solve_s = time.perf_counter() - t0
+        m = self.factors
+        m.user_factors.assign(U)
+        m.item_factors.assign(V)
+        if bu is not None:
+            m.user_bias.embeddings.assign(tf.reshape(bu, [-1, 1]))
+            m.item_bias.embeddings.assign(tf.reshape(bi, [-1, 1]))
+        row = self.solver.losses(U, V, bu, bi)
+        if not self.implicit:
+            row["rmse"] = float(np.sqrt(row["data"]))
+        row["solve_seconds"] = solve_s
+        return row
+
+
+class _ALSFit:
+    """ALS training and fold-in for the factor recommenders of :mod:`tfmf.models.mf`.
+
+    Mixed in before :class:`~tfmf.models.mf.FactorRecommender`: ``fit`` runs the alternating
+    solves under the one epoch loop (:class:`ALSSweeps`, one sweep per epoch) writing into the
+    factor model, so predict/score/recommend/save/load/export are the factor model's.
     """
 
     #: True for weighted ALS on implicit feedback (config has ``alpha``).
     implicit: bool = False
 
-    def _model_config(self) -> MFConfig:
-        """The MF config the Keras model is built with (sizes, init; loss fields unused)."""
+    def factor_config(self) -> MFConfig:
+        """The factor model's config (sizes, init; the loss fields are unused by ALS)."""
         c = self.config
         common = dict(embedding_dim=c.factors, init_stddev=c.init_stddev, l2=c.regularization,
                       clip_predictions=c.clip_predictions)
         if self.implicit:
             return MFConfig(**common)
-        return BiasedMFConfig(**common, use_bias=c.biased, bias_l2=c.regularization)
+        if not c.biased:
+            return MFConfig(**common)  # unbiased ALS is plain MF (r = u . v, like "mf")
+        return BiasedMFConfig(**common, use_bias=True, bias_l2=c.regularization)
 
     def _solver(self, train: sp.csr_matrix, mu: float = 0.0) -> ALSSolver:
         c = self.config
@@ -479,80 +528,46 @@ class _ALSFit:
                          biased=not self.implicit and c.biased, mu=mu, chunk_size=c.chunk_size,
                          solver=c.solver, cg_steps=c.cg_steps)
 
-    def _parameters(self):
-        """(U, V, user bias or None, item bias or None, mu) of the Keras model."""
-        m = self.model
-        if getattr(self.config, "biased", False):
-            return (m.user_factors, m.item_factors, m.user_bias.embeddings[:, 0],
-                    m.item_bias.embeddings[:, 0], float(m.global_mean.numpy()))
-        mu = float(m.global_mean.numpy()) if hasattr(m, "global_mean") else 0.0
-        return m.user_factors, m.item_factors, None, None, mu
+    def _biased(self) -> bool:
+        return isinstance(self.model, BiasedMatrixFactorization)
 
-    def _assign(self, U, V, bu, bi) -> None:
-        m = self.model
-        m.user_factors.assign(U)
-        m.item_factors.assign(V)
-        if bu is not None:
-            m.user_bias.embeddings.assign(tf.reshape(bu, [-1, 1]))
-            m.item_bias.embeddings.assign(tf.reshape(bi, [-1, 1]))
+    def _mu(self) -> float:
+        return float(self.model.global_mean.numpy()) if self._biased() else 0.0
 
     def fit(self, train: InteractionData, train_config: TrainConfig | None = None, *,
-            validation: InteractionData | None = None, run_dir: str | None = None,
-            callbacks=(), resume: bool = False):
-        """Alternates ``config.iterations`` user and item solves.
+            validation: InteractionData | None = None, run_dir=None, callbacks=(),
+            resume: bool = False):
+        """Alternates ``config.iterations`` user and item solves, one sweep per epoch.
 
-        Of ``train_config`` only ``seed`` (when ``config.seed`` is None) and ``verbose`` are
-        used; ``epochs`` is replaced by ``config.iterations`` (ALS writes no checkpoints).
-        ``self.history`` gets one row per iteration (``epoch``, ``loss`` and its components,
-        train ``rmse`` for explicit data, ``val_rmse``/``val_mae`` when ``validation`` is
-        given, ``solve_seconds`` for the two half-steps and ``seconds`` in total); with
-        ``run_dir`` it is written to ``history.csv`` (and TensorBoard) like the Trainer's.
-        Callbacks' ``on_epoch_end`` run after every iteration and may stop it.
+        Of ``train_config``, ``epochs`` is replaced by ``config.iterations`` and ``precision``
+        by float32; ``seed`` is ``config.seed`` when given. History rows have ``loss`` and its
+        components, train ``rmse`` (explicit), ``val_*`` when ``validation`` is given,
+        ``solve_seconds`` and ``seconds``. Checkpoints, resume, callbacks and early stopping
+        are the epoch loop's (:func:`tfmf.training.fit.fit`).
         """
         c = self.config
-        # The model's initializer gives the starting factors.
-        cfg = self._begin_fit(train, train_config, epochs=c.iterations, seed=c.seed,
-                              resume=resume)
-        self.rating_scale = None if self.implicit else train.clip_range()
-        U, V, bu, bi, mu = self._parameters()
-        solver = self._solver(self._seen, mu)
-        # The Trainer is used for its logging (console, history.csv, TensorBoard) and as the
-        # callbacks' handle, so ALS runs report exactly like gradient-trained ones.
-        trainer = Trainer(cfg, run_dir=run_dir, callbacks=callbacks)
-        writer = trainer.summary_writer()
-        self.history = trainer.history
-        for it in range(c.iterations):
-            t0 = time.perf_counter()
-            U, bu = solver.user_step(U, V, bu, bi)
-            V, bi = solver.item_step(U, V, bu, bi)
-            solve_s = time.perf_counter() - t0
-            self._assign(U, V, bu, bi)
-            row = {"epoch": it + 1, **solver.losses(U, V, bu, bi)}
-            if not self.implicit:
-                row["rmse"] = float(np.sqrt(row["data"]))
-            if validation is not None:
-                row.update(self.validation_metrics(validation))
-            row["solve_seconds"] = solve_s
-            row["seconds"] = time.perf_counter() - t0
-            if not np.isfinite(row["loss"]):
-                from tfmf.errors import TrainingDiverged
-
-                raise TrainingDiverged(it + 1, 1, row["loss"])
-            trainer.record_epoch(row, writer)
-            if trainer.after_epoch(row, monitor=self.monitor, validated=validation is not None):
-                break
-        trainer.finish(writer)
-        return self
+        cfg = dataclasses.replace(train_config or TrainConfig(), precision="float32",
+                                  epochs=c.iterations)
+        if c.seed is not None:
+            cfg = dataclasses.replace(cfg, seed=c.seed)
+        self._begin(train, cfg)
+        self.model = self.build_model(train, cfg)  # its initializer gives the starting factors
+        sweeper = ALSSweeps(self.model, self._solver(self._seen, self._mu()),
+                            biased=self._biased(), implicit=self.implicit)
+        compile_model(sweeper, cfg, steps_per_epoch=1, run_eagerly=True)
+        return self.fit_keras(sweep_dataset(), cfg, steps_per_epoch=1, validation=validation,
+                              run_dir=run_dir, callbacks=callbacks, resume=resume, model=sweeper)
 
     # ------------------------------------------------------------------ fold-in
-    def _fold_in(self, user_items: sp.csr_matrix) -> tuple[tf.Tensor, tf.Tensor | None]:
+    def fold_in(self, user_items: sp.csr_matrix) -> tuple[tf.Tensor, tf.Tensor | None]:
         """(factors [b, k], biases [b] or None) of new users; exact (Cholesky) ridge solves
         with the training lambda rule against the fixed item factors."""
-        _, V, _, bi, mu = self._parameters()
+        m = self.model
+        bi = m.item_bias.embeddings[:, 0] if self._biased() else None
         # A solver without training rows carries the lambda rule, alpha and bias handling.
-        solver = self._solver(sp.csr_matrix((0, self.n_items), dtype=np.float32), mu)
+        solver = self._solver(sp.csr_matrix((0, self.n_items), dtype=np.float32), self._mu())
         # Exact solves: CG from zero (there is no previous estimate) would need many steps.
-        return solver.fold_in(user_items, V, bi, solver="cholesky")
+        return solver.fold_in(user_items, m.item_factors, bi, solver="cholesky")
 
     def recalculate_user(self, user_items: sp.csr_matrix) -> np.ndarray:
         """Factors float32 [b, factors] of new users from their interactions (fold-in).
@@ -561,30 +576,22 @@ class _ALSFit:
         confidence (iALS) and Gramian as training; biased ALS also solves each row's bias
         (used by :meth:`score`).
         """
-        return self._fold_in(user_items)[0].numpy()
+        return self.fold_in(user_items)[0].numpy()
 
 
 @register("als")
-class ALS(_ALSFit, BiasedMF):
+class ALS(_ALSFit, FactorRecommender):
     """Explicit-rating (biased) matrix factorization fitted by alternating least squares."""
 
     config_class = ALSConfig
 
-    def _model_kwargs(self, train: InteractionData) -> dict:
-        # Unbiased ALS is plain MF (r = u . v, like "mf"); biased ALS fixes mu = train mean.
-        biased = self.config.biased and train.nnz
-        return {"global_mean": float(train.values.mean()) if biased else 0.0}
-
 
 @register("ials")
-class IALS(_ALSFit, MF):
+class IALS(_ALSFit, FactorRecommender):
     """Weighted ALS for implicit feedback (Hu et al. 2008) with the Gramian trick."""
 
     config_class = IALSConfig
     task = "implicit"
     implicit = True
-    monitor = None
-
-    def validation_metrics(self, validation: InteractionData) -> dict[str, float]:
-        """None per iteration: rank with tfmf.evaluation after fitting."""
-        return {}
+    monitor = "val_ndcg@100"
+    monitor_mode = "max"

@@ -57,14 +57,25 @@ class Recommender(abc.ABC):
         Args:
           train: training interactions.
           train_config: a :class:`tfmf.config.TrainConfig` (None: defaults).
-          validation: optional held-out interactions for per-epoch metrics / early stopping.
-          run_dir: directory for checkpoints, history and TensorBoard logs (None: none).
-          callbacks: Trainer callbacks.
+          validation: held-out *validation* interactions (or a StrongSplit of validation
+            users) for per-epoch metrics, early stopping and restore_best -- never the test
+            part.
+          run_dir: directory (or :class:`tfmf.rundir.RunDir`) for checkpoints, history and
+            TensorBoard logs (None: none).
+          callbacks: Keras callbacks.
           resume: continue from the last checkpoint in ``run_dir``.
 
         Returns:
           self.
         """
+
+    def validation_metrics(self, validation) -> dict[str, float]:
+        """Per-epoch validation metrics (keys ``val_*``): RMSE/MAE of an explicit model on
+        validation ratings, NDCG@100/Recall@20 on validation users (or held-out items) else."""
+        from tfmf.evaluation import validation_metrics
+
+        return validation_metrics(self, validation,
+                                  batch_size=getattr(self.config, "eval_batch_size", 1024))
 
     def _remember_training_data(self, train: InteractionData) -> None:
         self.n_users, self.n_items = train.n_users, train.n_items
@@ -144,6 +155,8 @@ class Recommender(abc.ABC):
         """Writes the model to directory ``path`` (config + weights/arrays)."""
         from tfmf.config import to_dict
 
+        from tfmf.fileio import atomic_write_json
+
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
         meta = {"model": self.name, "config": to_dict(self.config),
@@ -151,10 +164,7 @@ class Recommender(abc.ABC):
         self._save_state(path)
         if self._seen is not None:
             sp.save_npz(os.path.join(path, "seen.npz"), self._seen)
-        tmp = os.path.join(path, "recommender.json.tmp")
-        with open(tmp, "w") as fh:
-            json.dump(meta, fh, indent=2)
-        os.replace(tmp, os.path.join(path, "recommender.json"))  # written last: marks complete
+        atomic_write_json(os.path.join(path, "recommender.json"), meta)  # last: marks complete
 
     @staticmethod
     def load(path: str | os.PathLike) -> "Recommender":

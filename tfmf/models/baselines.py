@@ -67,7 +67,7 @@ class BiasBaseline(Recommender):
         return (self.mu + bu[:, None] + self.bi[None, :]).astype(np.float32)
 
     def export_spec(self):
-        from tfmf.export import FactorSpec
+        from tfmf.models.serving import FactorSpec
 
         return FactorSpec.with_offsets(np.zeros((self.n_users, 0)), np.zeros((self.n_items, 0)),
                                        self.mu + self.bu, self.bi)
@@ -112,7 +112,7 @@ class Popularity(Recommender):
         return np.zeros((user_items.shape[0], 0), np.float32)
 
     def export_spec(self):
-        from tfmf.export import FactorSpec
+        from tfmf.models.serving import FactorSpec
 
         return FactorSpec.with_offsets(np.zeros((self.n_users, 0)), np.zeros((self.n_items, 0)),
                                        None, self.counts)

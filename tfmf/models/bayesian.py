@@ -24,12 +24,18 @@ ordinary :class:`~tfmf.models.mf.BiasedMF` of dimension ``posterior_rank`` and p
 recommend, save/load and export are BiasedMF's. The share of the spectrum's energy dropped by
 the truncation is reported as ``truncated_energy``.
 
+Each sweep is one step of the one epoch loop (:class:`GibbsSweeps` under Keras' ``fit``), so
+history, callbacks, early stopping (after burn-in) and progress are the gradient models'. The
+factor model holds the current draw during burn-in and the running posterior mean after it,
+so per-sweep validation scores exactly what would be stored. The chain state (draws, running
+sums, generator) is not checkpointed: a fit does not resume; refit.
+
 The sampler is single-process float32 (``train.precision`` is ignored); under horovodrun every
 rank runs the same chain, so launch it as one process.
 """
 from __future__ import annotations
 
-import time
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +48,10 @@ from tfmf.config import TrainConfig, check
 from tfmf.data.interactions import InteractionData
 from tfmf.errors import TrainingDiverged
 from tfmf.models.als import RowChunk, chunk_rows, gather_rows_back
-from tfmf.models.mf import BiasedMF, BiasedMFConfig, ridge_fold_in
+from tfmf.models.mf import BiasedMFConfig, FactorRecommender, ridge_fold_in
 from tfmf.registry import register
-from tfmf.training.trainer import Trainer
+from tfmf.training.fit import compile_model
+from tfmf.training.model import SweepModel, sweep_dataset
 
 
 @dataclass
@@ -222,117 +229,150 @@ class LowRankMean:
         return self.dropped_energy / self.total_energy if self.total_energy > 0 else 0.0
 
 
+# --------------------------------------------------------------------------- the chain
+class GibbsSweeps(SweepModel):
+    """One Gibbs sweep per ``fit`` step (module docstring), written into a factor model.
+
+    Args:
+      factors: the BiasedMatrixFactorization (dimension ``posterior_rank``) that holds the
+        current draw during burn-in and the posterior mean after it.
+      config: the sampler's hyperparameters.
+      by_user: CSR [n_users, n_items] training ratings (sorted indices).
+      mu: the fixed global mean.
+      seed: the chain's seed.
+    """
+
+    resumable = False
+    loss_components = ("rmse",)
+
+    def __init__(self, factors, config: BayesianMFConfig, by_user: sp.csr_matrix, mu: float,
+                 seed: int):
+        super().__init__()
+        c = self.config = config
+        self.early_stopping_start = c.burn_in
+        self.factors, self.mu = factors, mu
+        by_item = by_user.T.tocsr()
+        by_item.sort_indices()
+        n_u, n_i, d = by_user.shape[0], by_user.shape[1], c.factors
+        self.user_chunks = chunk_rows(by_user, c.chunk_size)
+        self.item_chunks = chunk_rows(by_item, c.chunk_size)
+        self.rng = np.random.default_rng(seed)
+        # Rows are [factors, bias]; the other side enters as [factors, 1] with offset mu + bias.
+        users = np.c_[self.rng.normal(0, c.init_stddev, (n_u, d)), np.zeros(n_u)]
+        items = np.c_[self.rng.normal(0, c.init_stddev, (n_i, d)), np.zeros(n_i)]
+        self.users = tf.constant(users.astype(np.float32))
+        self.items = tf.constant(items.astype(np.float32))
+        self.ones_u, self.ones_i = tf.ones([n_u, 1]), tf.ones([n_i, 1])
+        self.posterior = LowRankMean(c.posterior_rank)
+        self.bias_sum_u, self.bias_sum_i = np.zeros(n_u), np.zeros(n_i)
+        coo = by_user.tocoo()
+        self.train_pairs = (coo.row, coo.col, coo.data.astype(np.float64))
+
+    def sweep(self, epoch: int) -> dict[str, float]:
+        c, mu, d = self.config, self.mu, self.config.factors
+        rng, users, items = self.rng, self.users, self.items
+        # One BLAS thread for the small NumPy algebra: OpenBLAS threads contending with TF's
+        # pool made a 1682 x 178 QR 10x slower (0.2 s instead of 0.018 s).
+        with threadpool_limits(limits=1, user_api="blas"):
+            m_u, lam_u = sample_normal_wishart(users.numpy(), c.beta0, rng)
+            users = draw_rows(self.user_chunks, tf.concat([items[:, :d], self.ones_i], 1),
+                              mu + items[:, d], m_u, lam_u, c.noise_precision,
+                              int(users.shape[0]), rng)
+            m_i, lam_i = sample_normal_wishart(items.numpy(), c.beta0, rng)
+            items = draw_rows(self.item_chunks, tf.concat([users[:, :d], self.ones_u], 1),
+                              mu + users[:, d], m_i, lam_i, c.noise_precision,
+                              int(items.shape[0]), rng)
+            self.users, self.items = users, items
+            U, V = users.numpy(), items.numpy()
+            tr_u, tr_i, tr_r = self.train_pairs
+            rmse = float(np.sqrt(np.mean((tr_r - _predict(U, V, mu, tr_u, tr_i)) ** 2)))
+            if epoch >= c.burn_in:
+                self.posterior.add(U[:, :d], V[:, :d])
+                self.bias_sum_u += U[:, d]
+                self.bias_sum_i += V[:, d]
+                self.assign_posterior()
+            else:
+                self._assign(*_padded(U[:, :d], V[:, :d], c.posterior_rank), U[:, d], V[:, d])
+        return {"rmse": rmse}
+
+    def assign_posterior(self) -> None:
+        """The running posterior mean (rank ``posterior_rank``) into the factor model."""
+        n = self.posterior.count
+        P, Q = self.posterior.factors()
+        self._assign(P, Q, self.bias_sum_u / n, self.bias_sum_i / n)
+
+    def _assign(self, P, Q, bu, bi) -> None:
+        m = self.factors
+        m.user_factors.assign(P)
+        m.item_factors.assign(Q)
+        m.user_bias.embeddings.assign(np.asarray(bu, np.float32)[:, None])
+        m.item_bias.embeddings.assign(np.asarray(bi, np.float32)[:, None])
+
+
+def _padded(P: np.ndarray, Q: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """A draw's factors widened (zeros) or cut to the factor model's dimension."""
+    out = []
+    for X in (P, Q):
+        Y = np.zeros((X.shape[0], rank), np.float32)
+        k = min(rank, X.shape[1])
+        Y[:, :k] = X[:, :k]
+        out.append(Y)
+    return out[0], out[1]
+
+
 # --------------------------------------------------------------------------- Recommender
 @register("bayesian_mf")
-class BayesianMF(BiasedMF):
+class BayesianMF(FactorRecommender):
     """Biased MF whose prediction is the posterior mean under Gibbs sampling (module docs)."""
 
     config_class = BayesianMFConfig
 
-    def _model_config(self) -> BiasedMFConfig:
-        """The Keras model's config: a BiasedMF of dimension posterior_rank."""
+    def factor_config(self) -> BiasedMFConfig:
+        """The factor model: a biased MF of dimension posterior_rank."""
         c = self.config
         return BiasedMFConfig(embedding_dim=c.posterior_rank, init_stddev=c.init_stddev,
                               clip_predictions=c.clip_predictions)
 
     def fit(self, train: InteractionData, train_config: TrainConfig | None = None, *,
-            validation: InteractionData | None = None, run_dir: str | None = None,
-            callbacks=(), resume: bool = False):
-        """Runs ``burn_in + samples`` Gibbs sweeps and stores the posterior mean.
+            validation: InteractionData | None = None, run_dir=None, callbacks=(),
+            resume: bool = False):
+        """Runs ``burn_in + samples`` Gibbs sweeps and keeps the posterior mean.
 
-        Of ``train_config`` only ``seed`` (when ``config.seed`` is None), ``verbose`` and
-        ``early_stopping_patience`` (on ``val_rmse``) are used. ``self.history`` gets one row
-        per sweep: ``epoch``, train ``rmse`` of the current draw, ``val_rmse``/``val_mae`` of
-        the running posterior mean when ``validation`` is given (of the current draw during
-        burn-in) and ``seconds``; the last row also has ``truncated_energy``.
+        Of ``train_config``, ``epochs`` is replaced by the number of sweeps and ``precision``
+        by float32; ``seed`` is ``config.seed`` when given. History rows: ``epoch``, train
+        ``rmse`` of the current draw, ``val_rmse``/``val_mae`` of the factor model (the
+        current draw during burn-in, the running posterior mean after it) when
+        ``validation`` is given, and ``seconds``. Early stopping counts after burn-in only.
+        ``self.truncated_energy`` is the share of the posterior mean's spectrum dropped.
+
+        Raises:
+          ValueError: ``resume`` (the chain state is not checkpointed).
         """
         c = self.config
-        cfg = self._begin_fit(train, train_config, epochs=c.burn_in + c.samples, seed=c.seed,
-                              resume=resume)
-        self.rating_scale = train.clip_range()
-        rng = np.random.default_rng(cfg.seed)
-        mu = float(self.model.global_mean.numpy())
+        if resume:
+            raise ValueError(f"{self.name} does not resume from checkpoints; refit")
+        cfg = dataclasses.replace(train_config or TrainConfig(), precision="float32",
+                                  epochs=c.burn_in + c.samples)
+        if c.seed is not None:
+            cfg = dataclasses.replace(cfg, seed=c.seed)
+        self._begin(train, cfg)
+        self.model = self.build_model(train, cfg)
         by_user = sp.csr_matrix(self._seen, dtype=np.float32)
         by_user.sort_indices()
-        by_item = by_user.T.tocsr()
-        by_item.sort_indices()
-        trainer = Trainer(cfg, run_dir=run_dir, callbacks=callbacks)
-        writer = trainer.summary_writer()
-        self.history = trainer.history
-        # One BLAS thread for the small NumPy algebra: OpenBLAS threads contending with TF's
-        # pool made a 1682 x 178 QR 10x slower (0.2 s instead of 0.018 s).
-        with threadpool_limits(limits=1, user_api="blas"):
-            self._sweeps(trainer, writer, validation, by_user, by_item, rng, mu)
-        trainer.finish(writer)
+        chain = GibbsSweeps(self.model, c, by_user, float(self.model.global_mean.numpy()),
+                            cfg.seed)
+        compile_model(chain, cfg, steps_per_epoch=1, run_eagerly=True)
+        self.fit_keras(sweep_dataset(), cfg, steps_per_epoch=1, validation=validation,
+                       run_dir=run_dir, callbacks=callbacks, resume=False, model=chain)
+        if chain.posterior.count == 0:  # stopped during burn-in: keep the last draw
+            U, V = chain.users.numpy(), chain.items.numpy()
+            chain.posterior.add(U[:, :c.factors], V[:, :c.factors])
+            chain.bias_sum_u, chain.bias_sum_i = U[:, c.factors], V[:, c.factors]
+            chain.assign_posterior()
+        self.truncated_energy = chain.posterior.truncated_energy
+        if self.history:
+            self.history[-1]["truncated_energy"] = self.truncated_energy
         return self
-
-    def _sweeps(self, trainer, writer, validation, by_user, by_item, rng, mu):
-        """The Gibbs loop of :meth:`fit`; assigns the posterior mean to the Keras model."""
-        c = self.config
-        d, n_u, n_i = c.factors, self.n_users, self.n_items
-        user_chunks = chunk_rows(by_user, c.chunk_size)
-        item_chunks = chunk_rows(by_item, c.chunk_size)
-        # Rows are [factors, bias]; the other side enters as [factors, 1] with offset mu + bias.
-        users = np.c_[rng.normal(0, c.init_stddev, (n_u, d)), np.zeros(n_u)].astype(np.float32)
-        items = np.c_[rng.normal(0, c.init_stddev, (n_i, d)), np.zeros(n_i)].astype(np.float32)
-        users, items = tf.constant(users), tf.constant(items)
-        ones_u, ones_i = tf.ones([n_u, 1]), tf.ones([n_i, 1])
-
-        posterior = LowRankMean(c.posterior_rank)
-        bias_sum_u, bias_sum_i = np.zeros(n_u), np.zeros(n_i)
-        val_sum = np.zeros(validation.nnz) if validation is not None else None
-        coo = by_user.tocoo()
-        tr_u, tr_i, tr_r = coo.row, coo.col, coo.data.astype(np.float64)
-        for sweep in range(c.burn_in + c.samples):
-            t0 = time.perf_counter()
-            m_u, lam_u = sample_normal_wishart(users.numpy(), c.beta0, rng)
-            users = draw_rows(user_chunks, tf.concat([items[:, :d], ones_i], 1),
-                              mu + items[:, d], m_u, lam_u, c.noise_precision, n_u, rng)
-            m_i, lam_i = sample_normal_wishart(items.numpy(), c.beta0, rng)
-            items = draw_rows(item_chunks, tf.concat([users[:, :d], ones_u], 1),
-                              mu + users[:, d], m_i, lam_i, c.noise_precision, n_i, rng)
-            U, V = users.numpy(), items.numpy()
-            resid = tr_r - _predict(U, V, mu, tr_u, tr_i)
-            row = {"epoch": sweep + 1, "rmse": float(np.sqrt(np.mean(resid ** 2)))}
-            if not np.isfinite(row["rmse"]):
-                raise TrainingDiverged(sweep + 1, 1, row["rmse"])
-            kept = sweep >= c.burn_in
-            if kept:
-                posterior.add(U[:, :d], V[:, :d])
-                bias_sum_u += U[:, d]
-                bias_sum_i += V[:, d]
-            if validation is not None:
-                pred = _predict(U, V, mu, validation.users, validation.items)
-                if kept:
-                    val_sum += pred
-                    pred = val_sum / posterior.count
-                row.update(self._rating_metrics(pred, validation.values))
-            row["seconds"] = time.perf_counter() - t0
-            trainer.record_epoch(row, writer)
-            if trainer.after_epoch(row, monitor="val_rmse", validated=validation is not None
-                                   and kept):
-                break
-        if posterior.count == 0:  # stopped during burn-in: keep the last draw
-            posterior.add(U[:, :d], V[:, :d])
-            bias_sum_u, bias_sum_i = U[:, d].astype(np.float64), V[:, d].astype(np.float64)
-        self.history[-1]["truncated_energy"] = posterior.truncated_energy
-        self._assign_posterior(posterior, bias_sum_u / posterior.count,
-                               bias_sum_i / posterior.count)
-
-    def _rating_metrics(self, pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-        from tfmf.evaluation.rating import mae, rmse
-
-        lo, hi = self.rating_scale or (-np.inf, np.inf)
-        pred = np.clip(pred, lo, hi)
-        return {"val_rmse": rmse(truth, pred), "val_mae": mae(truth, pred)}
-
-    def _assign_posterior(self, posterior: LowRankMean, bu: np.ndarray, bi: np.ndarray) -> None:
-        P, Q = posterior.factors()
-        m = self.model
-        m.user_factors.assign(P)
-        m.item_factors.assign(Q)
-        m.user_bias.embeddings.assign(bu.astype(np.float32)[:, None])
-        m.item_bias.embeddings.assign(bi.astype(np.float32)[:, None])
 
     # ------------------------------------------------------------------ fold-in
     def recalculate_user(self, user_items: sp.csr_matrix) -> np.ndarray:
@@ -349,7 +389,7 @@ class BayesianMF(BiasedMF):
         scale = np.sqrt(np.mean(P ** 2, axis=0)) if len(P) else np.ones(P.shape[1])
         scale = np.maximum(scale, 1e-8)  # unused dimensions: a tight prior keeps them at 0
         V = self.model.item_factors.numpy().astype(np.float64) * scale
-        z = ridge_fold_in(V, rows, 1.0 / self.config.noise_precision, self._fold_in_targets(rows))
+        z = ridge_fold_in(V, rows, 1.0 / self.config.noise_precision, self.fold_in_targets(rows))
         return (z * scale).astype(np.float32)
 
 

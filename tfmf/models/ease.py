@@ -88,7 +88,7 @@ class EASE(Recommender):
     def export_spec(self):
         import tensorflow as tf
 
-        from tfmf.export import RowSpec
+        from tfmf.models.serving import RowSpec
 
         B = tf.Variable(self.B, trainable=False, name="B")
         binarize = self.config.binarize

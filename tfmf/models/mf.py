@@ -1,10 +1,17 @@
 """Explicit-feedback matrix factorization: plain (``mf``) and biased (``biased_mf``).
 
-The Keras models are ``tf_keras.Model`` subclasses whose data loss is a TensorFlow Recommenders
-``tfrs.tasks.Ranking`` task (MSE or Huber on the rating). They are not ``tfrs.models.Model``
-subclasses because TFRS's ``compute_loss`` contract is a scalar (its ``train_step`` minimises
-the return value), while the one Trainer (:mod:`tfmf.training.trainer`) needs a dict of named
-components (``loss``, ``data``, ``l2``, ``gramian``, ``bias_l2``) to log each per epoch.
+The Keras models are :class:`~tfmf.training.model.ComponentLossModel` subclasses trained by
+Keras' ``fit`` (``model.compile(optimizer=...); model.fit(tfmf.data.rating_dataset(train))``);
+their data loss is a TensorFlow Recommenders ``tfrs.tasks.Ranking`` task (MSE or Huber on the
+rating). They are not ``tfrs.models.Model`` subclasses because TFRS's ``compute_loss`` returns
+one scalar, while history and TensorBoard log every named component (``loss``, ``data``,
+``l2``, ``gramian``, ``bias_l2``) per epoch.
+
+One factor model, several estimators: :class:`FactorRecommender` owns the fitted factors
+(user/item factors, biases, global mean) and everything done with them -- predict, score,
+recommend, fold-in, save/load, SavedModel export. SGD (``mf``, ``biased_mf``), ALS (``als``,
+``ials``, :mod:`tfmf.models.als`) and Gibbs sampling (``bayesian_mf``,
+:mod:`tfmf.models.bayesian`) are only different ways of producing it.
 
 Sparse updates: with ``l2_mode="batch"`` and ``gramian=0`` every gradient is an
 ``tf.IndexedSlices`` over the rows in the batch, so SGD/Adagrad apply row-wise (Adam's legacy
@@ -34,8 +41,8 @@ from tfmf.data.interactions import InteractionData
 from tfmf.models import regularizers
 from tfmf.models.keras_recommender import KerasRecommender
 from tfmf.registry import register
+from tfmf.training.model import ComponentLossModel
 from tfmf.training.precision import precision_policy
-from tfmf.training.trainer import seed_everything
 
 
 # --------------------------------------------------------------------------- configs
@@ -114,7 +121,7 @@ def build_eagerly(*layers: tf_keras.layers.Layer) -> None:
         layer.build((None,))
 
 
-class MatrixFactorization(tf_keras.Model):
+class MatrixFactorization(ComponentLossModel):
     """``r_ui = u . v`` with a TFRS Ranking task as the data loss.
 
     Variables are created in the constructor (no lazy build), so a checkpoint can be restored
@@ -125,6 +132,8 @@ class MatrixFactorization(tf_keras.Model):
       config: an :class:`MFConfig`.
       seed: initialisation seed (users use ``seed``, items ``seed + 1``).
     """
+
+    loss_components = ("loss", "data", "l2", "gramian", "bias_l2")
 
     def __init__(self, n_users: int, n_items: int, config: MFConfig, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -163,7 +172,24 @@ class MatrixFactorization(tf_keras.Model):
     def _bias_penalty(self, bias_rows: list[tf.Tensor]) -> tf.Tensor:
         return tf.constant(0.0, tf.float32)
 
-    def compute_loss(self, batch: dict, training: bool = False) -> dict[str, tf.Tensor]:
+    # Offsets around the dot product, used by scoring, fold-in and export (float32).
+    def user_offsets(self, idx: tf.Tensor) -> tf.Tensor:
+        """[b, 1] added to known users' scores (here 0)."""
+        return tf.zeros((tf.shape(idx)[0], 1))
+
+    def new_user_offsets(self, n: int) -> tf.Tensor:
+        """[n, 1] added to folded-in users' scores, before their own bias (here 0)."""
+        return tf.zeros((n, 1))
+
+    def item_offsets(self) -> tf.Tensor:
+        """[1, n_items] added to every user's scores (here 0)."""
+        return tf.zeros((1, self.n_items))
+
+    def entry_offsets(self, items: np.ndarray) -> np.ndarray:
+        """float64 [n]: the part of each rating of ``items`` the factors do not explain."""
+        return np.zeros(len(items))
+
+    def compute_losses(self, batch: dict, training: bool = False) -> dict[str, tf.Tensor]:
         """Total loss and its weighted components for a rating batch.
 
         Returns:
@@ -230,6 +256,26 @@ class BiasedMatrixFactorization(MatrixFactorization):
                else regularizers.frobenius_l2(self.user_bias.embeddings, self.item_bias.embeddings))
         return cfg.bias_l2 * reg
 
+    def user_offsets(self, idx: tf.Tensor) -> tf.Tensor:
+        out = tf.fill((tf.shape(idx)[0], 1), self.global_mean)
+        if self.config.use_bias:
+            out += tf.gather(self.user_bias.embeddings, idx)
+        return out
+
+    def new_user_offsets(self, n: int) -> tf.Tensor:
+        return tf.fill((n, 1), self.global_mean)
+
+    def item_offsets(self) -> tf.Tensor:
+        if not self.config.use_bias:
+            return super().item_offsets()
+        return self.item_bias.embeddings[:, 0][None, :]
+
+    def entry_offsets(self, items: np.ndarray) -> np.ndarray:
+        off = np.full(len(items), float(self.global_mean.numpy()))
+        if self.config.use_bias:
+            off += self.item_bias.embeddings.numpy()[items, 0]
+        return off
+
 
 # --------------------------------------------------------------------------- Recommenders
 def ridge_fold_in(V: np.ndarray, user_items: sp.csr_matrix, lam: np.ndarray | float,
@@ -263,59 +309,35 @@ def ridge_fold_in(V: np.ndarray, user_items: sp.csr_matrix, lam: np.ndarray | fl
     return out
 
 
-@register("mf")
-class MF(KerasRecommender):
-    """Plain matrix factorization trained on rating triples by the Trainer."""
+class FactorRecommender(KerasRecommender):
+    """The fitted factor model, ``mu + b_u + b_i + p_u . q_i`` (module docstring), and all
+    inference with it; estimators subclass it and define only how it is fitted.
 
-    config_class = MFConfig
+    ``self.model`` is a :class:`MatrixFactorization` or :class:`BiasedMatrixFactorization`
+    (built from :meth:`factor_config`); predictions clip to the fit-time rating scale.
+    """
+
     task = "explicit"
     monitor = "val_rmse"
-    keras_class = MatrixFactorization
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
         self.rating_scale: tuple[float, float] | None = None
 
-    # ------------------------------------------------------------------ training
-    def fit(self, train: InteractionData, train_config: TrainConfig | None = None, **kwargs):
-        self.rating_scale = train.clip_range()
-        return super().fit(train, train_config, **kwargs)
-
-    def _model_kwargs(self, train: InteractionData) -> dict:
-        return {}
-
-    def _model_config(self) -> MFConfig:
-        """The config the Keras model is built with: the model's own here; ALS and Bayesian MF
-        map theirs onto an MF config (sizes, init)."""
+    def factor_config(self) -> MFConfig:
+        """The config of the factor model (``BiasedMFConfig`` for a biased one): the model's
+        own for SGD; ALS and Bayesian MF map theirs onto it (dimension, init)."""
         return self.config
 
-    def _begin_fit(self, train: InteractionData, train_config: TrainConfig | None, *,
-                   epochs: int, seed: int | None, resume: bool) -> TrainConfig:
-        """Shared start of the fits that are not gradient loops (ALS solves, Gibbs sweeps).
-
-        Refuses ``resume`` (they write no checkpoints), fixes the TrainConfig they report
-        with (float32, ``epochs`` iterations, ``seed`` when given), remembers the training
-        data, seeds everything and builds the Keras model they fill in.
-
-        Returns:
-          The TrainConfig in effect (also ``self.train_config``).
-        """
-        if resume:
-            raise ValueError(f"{self.name} does not resume from checkpoints; refit")
-        cfg = dataclasses.replace(train_config or TrainConfig(), precision="float32",
-                                  epochs=epochs)
-        if seed is not None:
-            cfg = dataclasses.replace(cfg, seed=seed)
-        self.train_config = cfg
-        self._remember_training_data(train)
-        seed_everything(cfg.seed)
-        self.model = self.build_model(train, cfg)
-        return cfg
-
     def build_model(self, train: InteractionData, train_config: TrainConfig) -> MatrixFactorization:
-        model_config = self._model_config()
-        model = self.keras_class(train.n_users, train.n_items, model_config,
-                                 seed=train_config.seed, **self._model_kwargs(train))
+        cfg = self.factor_config()
+        if isinstance(cfg, BiasedMFConfig):
+            # Empty (shape-only) data when loading: mu is then restored from the checkpoint.
+            mu = float(train.values.mean()) if train.nnz else 0.0
+            model = BiasedMatrixFactorization(train.n_users, train.n_items, cfg,
+                                              seed=train_config.seed, global_mean=mu)
+        else:
+            model = MatrixFactorization(train.n_users, train.n_items, cfg, seed=train_config.seed)
         if train.nnz:
             # Users/items without training ratings would keep their random initial factors
             # (batch L2 never reaches them) and add noise to their predictions: zero them so
@@ -324,27 +346,13 @@ class MF(KerasRecommender):
                                   (model.item_factors, train.items, train.n_items)):
                 unseen = np.flatnonzero(np.bincount(idx, minlength=n) == 0)
                 if len(unseen):
-                    zeros = tf.zeros((len(unseen), model_config.embedding_dim), table.dtype)
+                    zeros = tf.zeros((len(unseen), cfg.embedding_dim), table.dtype)
                     table.scatter_update(tf.IndexedSlices(zeros, tf.constant(unseen, tf.int32)))
         return model
 
-    def make_dataset(self, train, train_config, epoch, rank, size):
-        from tfmf.data.pipelines import rating_triples
-
-        c = train_config
-        return rating_triples(train, c.batch_size, seed=c.seed, epoch=epoch, rank=rank, size=size,
-                              shuffle=c.shuffle, prefetch=c.prefetch)
-
-    def steps_per_epoch(self, train, train_config, size):
-        from tfmf.data.pipelines import steps_per_epoch
-
-        return steps_per_epoch(train.nnz, train_config.batch_size, size)
-
-    def validation_metrics(self, validation: InteractionData) -> dict[str, float]:
-        from tfmf.evaluation.rating import evaluate_ratings
-
-        res = evaluate_ratings(self, validation, clip=True)
-        return {f"val_{k}": v for k, v in res.items()}
+    def _remember_training_data(self, train: InteractionData) -> None:
+        super()._remember_training_data(train)
+        self.rating_scale = train.clip_range()
 
     # ------------------------------------------------------------------ inference
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -352,77 +360,74 @@ class MF(KerasRecommender):
         batch = {"user_id": tf.constant(np.asarray(users, np.int32)),
                  "item_id": tf.constant(np.asarray(items, np.int32))}
         pred = self.model(batch).numpy()
-        if self.config.clip_predictions and self.rating_scale is not None:
+        if self.factor_config().clip_predictions and self.rating_scale is not None:
             pred = np.clip(pred, *self.rating_scale)
         return pred.astype(np.float32)
-
-    def _offsets(self, n: int) -> tuple[tf.Tensor, tf.Tensor]:
-        """(per-row offset [n, 1], per-item offset [1, n_items]) added to the dot product."""
-        return tf.zeros((n, 1)), tf.zeros((1, self.n_items))
 
     def score(self, users: np.ndarray | None = None, user_items: sp.csr_matrix | None = None
               ) -> np.ndarray:
         """Predicted ratings of every item, float32 [batch, n_items] (unclipped, for ranking).
 
         Known users use their trained factors; ``user_items`` rows are folded in with
-        :meth:`_fold_in` (by default :meth:`recalculate_user`, with no user offset).
+        :meth:`fold_in` (factors, and a bias where the estimator solves one).
         """
-        V = tf.cast(self.model.item_factors, tf.float32)
+        m = self.model
+        V = tf.cast(m.item_factors, tf.float32)
         if users is not None:
             idx = tf.constant(np.asarray(users, np.int32))
-            P = tf.cast(tf.gather(self.model.user_factors, idx), tf.float32)
-            row_off, item_off = self._offsets(len(idx))
-            row_off += self._user_offsets(idx)
+            P = tf.cast(tf.gather(m.user_factors, idx), tf.float32)
+            row_off = m.user_offsets(idx)
         else:
-            P, bias = self._fold_in(user_items)
+            P, bias = self.fold_in(user_items)
             P = tf.convert_to_tensor(P, tf.float32)
-            row_off, item_off = self._offsets(user_items.shape[0])
+            row_off = m.new_user_offsets(user_items.shape[0])
             if bias is not None:
                 row_off += tf.reshape(tf.cast(bias, tf.float32), [-1, 1])
-        return (tf.matmul(P, V, transpose_b=True) + row_off + item_off).numpy()
+        return (tf.matmul(P, V, transpose_b=True) + row_off + m.item_offsets()).numpy()
 
-    def _fold_in(self, user_items: sp.csr_matrix):
-        """(factors [b, d], per-row offsets [b] or None) of new users, for :meth:`score`.
+    def fold_in(self, user_items: sp.csr_matrix):
+        """(factors [b, d], per-row biases [b] or None) of new users, for :meth:`score`.
 
-        Default: :meth:`recalculate_user` and no offset; ALS also solves each row's bias.
+        Default: :meth:`recalculate_user` and no bias; ALS also solves each row's bias.
         """
         return self.recalculate_user(user_items), None
 
-    def _user_offsets(self, idx: tf.Tensor) -> tf.Tensor:
-        return tf.zeros((tf.shape(idx)[0], 1))
-
-    def export_spec(self):
-        from tfmf.export import FactorSpec
-
-        row_off, item_off = self._offsets(self.n_users)
-        row_off += self._user_offsets(tf.range(self.n_users))
-        return FactorSpec.with_offsets(tf.cast(self.model.user_factors, tf.float32).numpy(),
-                                       tf.cast(self.model.item_factors, tf.float32).numpy(),
-                                       row_off.numpy(), item_off.numpy())
-
-    def _fold_in_targets(self, user_items: sp.csr_matrix) -> np.ndarray:
-        """The values the fold-in regresses on (ratings minus any non-factor terms)."""
-        return user_items.data.astype(np.float64)
+    def fold_in_lambda(self, rows: sp.csr_matrix) -> np.ndarray:
+        """The ridge lambda per row for :meth:`recalculate_user`: ``fold_in_l2``, or derived
+        from ``l2`` so folded-in users are regularised like trained ones."""
+        cfg = self.factor_config()
+        if cfg.fold_in_l2 is not None:
+            return np.full(rows.shape[0], cfg.fold_in_l2)
+        if cfg.l2_mode == "batch":
+            return cfg.l2 * np.diff(rows.indptr)
+        per_user = self._seen.nnz / max(1, self.n_users) if self._seen is not None else 1.0
+        return np.full(rows.shape[0], cfg.l2 * per_user)
 
     def recalculate_user(self, user_items: sp.csr_matrix) -> np.ndarray:
         """Factors float32 [b, d] of new users by ridge regression on their ratings.
 
         Solves ``(V_S^T V_S + lam I) p = V_S^T (r_S - offsets)`` per row with the trained item
-        factors V held fixed (``lam`` from ``fold_in_l2`` or derived from ``l2``).
+        factors V held fixed (``lam`` from :meth:`fold_in_lambda`).
         """
         rows = sp.csr_matrix(user_items)
         rows.sort_indices()
-        cfg = self.config
-        if cfg.fold_in_l2 is not None:
-            lam = np.full(rows.shape[0], cfg.fold_in_l2)
-        elif cfg.l2_mode == "batch":
-            lam = cfg.l2 * np.diff(rows.indptr)
-        else:
-            per_user = self._seen.nnz / max(1, self.n_users) if self._seen is not None else 1.0
-            lam = np.full(rows.shape[0], cfg.l2 * per_user)
-        lam = np.maximum(lam, 1e-6)  # keeps empty rows / l2=0 solvable
+        lam = np.maximum(self.fold_in_lambda(rows), 1e-6)  # keeps empty rows / l2=0 solvable
         V = tf.cast(self.model.item_factors, tf.float32).numpy()
-        return ridge_fold_in(V, rows, lam, self._fold_in_targets(rows))
+        return ridge_fold_in(V, rows, lam, self.fold_in_targets(rows))
+
+    def fold_in_targets(self, rows: sp.csr_matrix) -> np.ndarray:
+        """What the fold-in regresses on: ratings minus the non-factor terms."""
+        return rows.data.astype(np.float64) - self.model.entry_offsets(rows.indices)
+
+    def export_spec(self):
+        from tfmf.models.serving import FactorSpec
+
+        m = self.model
+        users = tf.range(self.n_users)
+        return FactorSpec.with_offsets(tf.cast(m.user_factors, tf.float32).numpy(),
+                                       tf.cast(m.item_factors, tf.float32).numpy(),
+                                       m.user_offsets(users).numpy(),
+                                       (m.item_offsets() + tf.zeros((1, self.n_items))).numpy())
 
     # ------------------------------------------------------------------ persistence
     def _save_state(self, path: str) -> None:
@@ -437,32 +442,27 @@ class MF(KerasRecommender):
         super()._load_state(path)
 
 
+@register("mf")
+class MF(FactorRecommender):
+    """Plain matrix factorization ``u . v`` trained by SGD/Adagrad/Adam with Keras' ``fit``."""
+
+    config_class = MFConfig
+
+    def make_dataset(self, train, train_config, *, epoch, rank, size):
+        from tfmf.data.pipelines import rating_dataset
+
+        c = train_config
+        return rating_dataset(train, c.batch_size, seed=c.seed, epoch=epoch, rank=rank,
+                              size=size, shuffle=c.shuffle, prefetch=c.prefetch)
+
+    def steps_per_epoch(self, train, train_config, size):
+        from tfmf.data.pipelines import steps_per_epoch
+
+        return steps_per_epoch(train.nnz, train_config.batch_size, size)
+
+
 @register("biased_mf")
 class BiasedMF(MF):
-    """Biased matrix factorization ``mu + b_u + b_i + u . v``."""
+    """Biased matrix factorization ``mu + b_u + b_i + u . v`` trained by SGD/Adagrad/Adam."""
 
     config_class = BiasedMFConfig
-    keras_class = BiasedMatrixFactorization
-    # Inference reads use_bias from the Keras model's config: ALS and Bayesian MF fit this
-    # model with configs of their own.
-
-    def _model_kwargs(self, train: InteractionData) -> dict:
-        # Empty (shape-only) data when loading: mu is then restored from the checkpoint.
-        return {"global_mean": float(train.values.mean()) if train.nnz else 0.0}
-
-    def _offsets(self, n: int):
-        m = self.model
-        item_off = m.item_bias.embeddings[:, 0][None, :] if m.config.use_bias else 0.0
-        return tf.fill((n, 1), m.global_mean), tf.zeros((1, self.n_items)) + item_off
-
-    def _user_offsets(self, idx: tf.Tensor) -> tf.Tensor:
-        if not self.model.config.use_bias:
-            return super()._user_offsets(idx)
-        return tf.gather(self.model.user_bias.embeddings, idx)
-
-    def _fold_in_targets(self, user_items: sp.csr_matrix) -> np.ndarray:
-        m = self.model
-        off = np.full(user_items.nnz, float(m.global_mean.numpy()))
-        if m.config.use_bias:
-            off += m.item_bias.embeddings.numpy()[user_items.indices, 0]
-        return user_items.data.astype(np.float64) - off

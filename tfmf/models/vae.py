@@ -1,5 +1,5 @@
 """Mult-VAE and Mult-DAE (Liang et al. 2018, "Variational Autoencoders for Collaborative
-Filtering") as tf_keras models trained by the one Trainer.
+Filtering") as tf_keras models trained by Keras' ``fit`` (``compile()`` + ``fit()``).
 
 The input is a batch of users' item rows as a ``tf.SparseTensor`` [batch, n_items]; it is never
 densified: rows are L2-normalized and dropped out on their *values*, and the first encoder layer
@@ -23,6 +23,7 @@ from tfmf.data.interactions import InteractionData
 from tfmf.data.sparse import csr_to_sparse_tensor
 from tfmf.models.keras_recommender import KerasRecommender
 from tfmf.registry import register
+from tfmf.training.model import ComponentLossModel
 from tfmf.training.precision import cast_sparse
 
 
@@ -107,7 +108,7 @@ class SparseDense(tf_keras.layers.Layer):
         return tf.sparse.sparse_dense_matmul(x, kernel) + tf.cast(self.bias, x.values.dtype)
 
 
-class MultVAEModel(tf_keras.Model):
+class MultVAEModel(ComponentLossModel):
     """The Keras model: encoder, reparameterization, decoder and the (annealed) ELBO.
 
     Args:
@@ -116,6 +117,8 @@ class MultVAEModel(tf_keras.Model):
       seed: seed of the model-owned random generator (dropout masks and epsilon), which is a
         tracked variable so checkpoints (and resumed runs) continue its stream.
     """
+
+    loss_components = ("loss", "nll", "kl", "beta", "l2")
 
     def __init__(self, n_items: int, config: MultVAEConfig, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -207,7 +210,7 @@ class MultVAEModel(tf_keras.Model):
         return self.cfg.lam * tf.add_n([tf.reduce_sum(tf.square(tf.cast(k, tf.float32)))
                                         for k in kernels])
 
-    def compute_loss(self, batch, training: bool = True) -> dict[str, tf.Tensor]:
+    def compute_losses(self, batch, training: bool = True) -> dict[str, tf.Tensor]:
         """Negative (annealed) ELBO on a batch ``{"items": SparseTensor, ...}``.
 
         Returns:
@@ -263,7 +266,7 @@ class MultVAE(KerasRecommender):
         counts = np.bincount(train.users, minlength=train.n_users)
         return np.flatnonzero(counts > 0).astype(np.int32)
 
-    def make_dataset(self, train, train_config, epoch, rank, size):
+    def make_dataset(self, train, train_config, *, epoch, rank, size):
         from tfmf.data.pipelines import user_rows
 
         return user_rows(self._seen, train_config.batch_size, users=self._train_users(train),
@@ -274,17 +277,6 @@ class MultVAE(KerasRecommender):
         from tfmf.data.pipelines import steps_per_epoch
 
         return steps_per_epoch(len(self._train_users(train)), train_config.batch_size, size)
-
-    def validation_metrics(self, validation) -> dict[str, float]:
-        """NDCG@100 and Recall@20 on ``validation`` (known users' held-out items, or a
-        StrongSplit of held-out users), for per-epoch logs and early stopping."""
-        from tfmf.config import EvalConfig
-        from tfmf.evaluation import evaluate
-
-        cfg = EvalConfig(metrics=["ndcg", "recall"], ks=[20, 100],
-                         batch_size=self.config.eval_batch_size)
-        res = evaluate(self, validation, cfg)
-        return {f"val_{k}": res[k] for k in ("ndcg@100", "recall@20")}
 
     # ------------------------------------------------------------------ inference
     def _rows(self, users, user_items) -> sp.csr_matrix:
@@ -324,7 +316,7 @@ class MultVAE(KerasRecommender):
         return out.reshape(-1, self.config.dims[-1]).astype(np.float32, copy=False)
 
     def export_spec(self):
-        from tfmf.export import RowSpec
+        from tfmf.models.serving import RowSpec
 
         model = self.model
         return RowSpec(lambda x: model(x, training=False), model.variables)

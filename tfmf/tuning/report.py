@@ -12,8 +12,8 @@ import numpy as np
 
 from tfmf.config import RunConfig
 from tfmf.evaluation.model_selection import CVResult
-from tfmf.runner import _atomic_write as atomic_write
-from tfmf.runner import _json_default as json_default
+from tfmf.fileio import atomic_write_text as atomic_write
+from tfmf.fileio import json_default
 
 #: KerasTuner bookkeeping hps kept in the table (Hyperband's epochs budget is a real setting).
 KEPT_TUNER_HPS = ("tuner/epochs",)
@@ -172,10 +172,10 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
+    from tfmf.fileio import atomic_write as write_atomically
+
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=80))
     _pyplot().close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -1,0 +1,122 @@
+"""Keras models whose loss is a dict of named components, trained by ``fit()``.
+
+A model subclasses :class:`ComponentLossModel`, declares its ``loss_components`` (``"loss"``,
+the total that is minimised, first) and implements ``compute_losses(batch, training)``. Its
+``train_step`` is the whole of tfmf's gradient loop::
+
+    losses = compute_losses(batch)                    # {"loss", "data", "l2", ...}
+    optimizer.minimize(losses["loss"], trainable_variables, tape=tape)
+
+so precision and Horovod live in the optimizer (``LossScaleOptimizer`` scales the loss and
+unscales the gradients; ``hvd.DistributedOptimizer`` averages them across ranks), and Keras'
+``fit`` runs everything else: ``steps_per_execution``, callbacks, history, TensorBoard. Each
+component is averaged over the epoch by a ``Mean`` tracker, so history and TensorBoard log every
+one; ``test_step`` reports the same components on validation batches (``val_loss``, ...).
+
+Iterative estimators that are not gradient steps (ALS solves, Gibbs sweeps) subclass
+:class:`SweepModel`: one ``fit`` step performs one sweep over the data, and the same callbacks,
+checkpoints, early stopping and history apply.
+
+Divergence: the first step whose total loss is non-finite is recorded (``first_bad_step``) so
+:class:`tfmf.training.callbacks.DivergenceGuard` can name it even when several steps ran in one
+compiled call. The trackers and that marker are kept out of Keras' attribute tracking: they
+are not weights, are never checkpointed and never exported.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+
+class _Untracked:
+    """A plain holder Keras does not look into (its contents are not weights)."""
+
+
+class ComponentLossModel(tf_keras.Model):
+    """Base of tfmf's gradient-trained Keras models (module docstring).
+
+    Subclasses set ``loss_components`` (or pass ``loss_components=`` when the names depend on
+    the instance) and implement :meth:`compute_losses`.
+    """
+
+    #: Names of the loss components ``compute_losses`` returns; "loss" is the total.
+    loss_components: tuple[str, ...] = ("loss",)
+
+    def __init__(self, *args, loss_components: tuple[str, ...] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        state = _Untracked()
+        names = tuple(loss_components or type(self).loss_components)
+        with tf.init_scope():
+            state.trackers = {name: tf_keras.metrics.Mean(name=name) for name in names}
+            state.first_bad = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self._tfmf = state
+
+    def compute_losses(self, batch, training: bool = False) -> dict[str, tf.Tensor]:
+        """The loss components of a batch (float32 scalars keyed by ``loss_components``)."""
+        raise NotImplementedError
+
+    @property
+    def metrics(self):
+        # Keras resets these at every epoch start, so logs are epoch means.
+        return list(self._tfmf.trackers.values()) + super().metrics
+
+    @property
+    def first_bad_step(self) -> int:
+        """0-based global step of the first non-finite total loss (-1: none)."""
+        return int(self._tfmf.first_bad.numpy())
+
+    def reset_divergence(self) -> None:
+        self._tfmf.first_bad.assign(-1)
+
+    def record(self, losses: dict, step) -> dict[str, tf.Tensor]:
+        """Updates the trackers and the divergence marker; returns the logs of this step.
+
+        The marker watches the first component (``loss``; a Gibbs sweep's train ``rmse``).
+        """
+        total = tf.cast(losses[next(iter(self._tfmf.trackers))], tf.float32)
+        bad = tf.logical_and(tf.logical_not(tf.math.is_finite(total)), self._tfmf.first_bad < 0)
+        self._tfmf.first_bad.assign(tf.where(bad, tf.cast(step, tf.int64), self._tfmf.first_bad))
+        for name, tracker in self._tfmf.trackers.items():
+            tracker.update_state(tf.cast(losses[name], tf.float32))
+        return {name: t.result() for name, t in self._tfmf.trackers.items()}
+
+    def train_step(self, batch):
+        step = self.optimizer.iterations.read_value()
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(batch, training=True)
+            loss = tf.cast(losses["loss"], tf.float32)
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return self.record(losses, step)
+
+    def test_step(self, batch):
+        return self.record(self.compute_losses(batch, training=False), -1)
+
+
+class SweepModel(ComponentLossModel):
+    """An estimator whose ``fit`` step is one sweep (ALS solves, a Gibbs sweep).
+
+    Compiled with ``run_eagerly=True`` and fitted on :func:`sweep_dataset` (one element per
+    epoch), so a sweep may mix TensorFlow with NumPy/SciPy. Subclasses implement :meth:`sweep`.
+    The optimizer Keras requires at ``compile`` is never applied.
+    """
+
+    sweeps = True
+    #: Whether the sweep state is all in variables (a BackupAndRestore checkpoint resumes it).
+    resumable: bool = True
+    #: Epochs before which early stopping does not count (e.g. Gibbs burn-in).
+    early_stopping_start: int = 0
+
+    def sweep(self, epoch: int) -> dict[str, float]:
+        """Runs sweep ``epoch`` (0-based); returns every name of ``loss_components``."""
+        raise NotImplementedError
+
+    def train_step(self, batch):
+        step = self.optimizer.iterations.read_value()
+        losses = self.sweep(int(step))
+        self.optimizer.iterations.assign_add(1)  # one "step" per sweep: epoch == iterations
+        return self.record(losses, step)
+
+
+def sweep_dataset() -> tf.data.Dataset:
+    """One dummy element: a SweepModel's epoch is a single step."""
+    return tf.data.Dataset.from_tensors(tf.zeros([1], tf.float32))
