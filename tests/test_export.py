@@ -195,7 +195,7 @@ def _cli_json(capsys, *argv) -> dict:
 
 
 def test_saved_model_in_fresh_process_matches_tfmf_recommend(exported_runs, capsys):
-    from tfmf.runner import load_id_maps
+    from tfmf.rundir import load_id_maps
 
     queries, expected = {}, {}
     for name, (run_dir, saved) in exported_runs.items():

@@ -471,6 +471,7 @@ class ALSSweeps(SweepModel):
         super().__init__(loss_components=names + ("solve_seconds",))
         self.factors, self.solver = factors, solver
         self.biased, self.implicit = biased, implicit
+        self.built = True  # its variables are the (built) factor model's
 
     def parameters(self):
         """(U, V, user bias or None, item bias or None) of the factor model."""

@@ -267,6 +267,7 @@ class GibbsSweeps(SweepModel):
         self.bias_sum_u, self.bias_sum_i = np.zeros(n_u), np.zeros(n_i)
         coo = by_user.tocoo()
         self.train_pairs = (coo.row, coo.col, coo.data.astype(np.float64))
+        self.built = True  # its variables are the (built) factor model's
 
     def sweep(self, epoch: int) -> dict[str, float]:
         c, mu, d = self.config, self.mu, self.config.factors

@@ -129,13 +129,20 @@ class MatrixFactorization(ComponentLossModel):
 
     Args:
       n_users, n_items: table sizes.
-      config: an :class:`MFConfig`.
+      config: an :class:`MFConfig` (None: its defaults).
       seed: initialisation seed (users use ``seed``, items ``seed + 1``).
+      **kwargs: MFConfig fields (e.g. ``embedding_dim=32``) or Keras Model arguments.
     """
 
     loss_components = ("loss", "data", "l2", "gramian", "bias_l2")
+    config_class = MFConfig
 
-    def __init__(self, n_users: int, n_items: int, config: MFConfig, seed: int = 0, **kwargs):
+    def __init__(self, n_users: int, n_items: int, config: MFConfig | None = None, seed: int = 0,
+                 **kwargs):
+        fields = {f.name for f in dataclasses.fields(self.config_class)}
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        config = dataclasses.replace(config or self.config_class(), **overrides)
+        config.validate("model")
         super().__init__(**kwargs)
         self.config = config
         self.n_users, self.n_items = int(n_users), int(n_items)
@@ -149,6 +156,7 @@ class MatrixFactorization(ComponentLossModel):
         with precision_policy("float32"):
             self.task = tfrs.tasks.Ranking(loss=rating_loss(config.loss, config.huber_delta))
         build_eagerly(self.user_embedding, self.item_embedding)
+        self.built = True  # every variable exists: checkpoints restore into a fresh model
 
     @property
     def user_factors(self) -> tf.Variable:
@@ -224,9 +232,12 @@ class BiasedMatrixFactorization(MatrixFactorization):
       global_mean: ``mu``; restored from checkpoints like the other weights.
     """
 
-    def __init__(self, n_users: int, n_items: int, config: BiasedMFConfig, seed: int = 0,
-                 global_mean: float = 0.0, **kwargs):
+    config_class = BiasedMFConfig
+
+    def __init__(self, n_users: int, n_items: int, config: BiasedMFConfig | None = None,
+                 seed: int = 0, global_mean: float = 0.0, **kwargs):
         super().__init__(n_users, n_items, config, seed, **kwargs)
+        config = self.config
         if config.use_bias:
             # Offsets stay float32 under mixed precision: 4.0 + 0.001 is not representable in fp16.
             self.user_bias = tf_keras.layers.Embedding(

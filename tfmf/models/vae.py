@@ -116,11 +116,19 @@ class MultVAEModel(ComponentLossModel):
       config: a :class:`MultVAEConfig` (``variational`` selects VAE vs DAE).
       seed: seed of the model-owned random generator (dropout masks and epsilon), which is a
         tracked variable so checkpoints (and resumed runs) continue its stream.
+      **kwargs: MultVAEConfig fields (e.g. ``dims=[200]``) or Keras Model arguments.
     """
 
     loss_components = ("loss", "nll", "kl", "beta", "l2")
 
-    def __init__(self, n_items: int, config: MultVAEConfig, seed: int = 0, **kwargs):
+    def __init__(self, n_items: int, config: MultVAEConfig | None = None, seed: int = 0,
+                 **kwargs):
+        import dataclasses
+
+        fields = {f.name for f in dataclasses.fields(MultVAEConfig)}
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        config = dataclasses.replace(config or MultVAEConfig(), **overrides)
+        config.validate("model")
         super().__init__(**kwargs)
         self.n_items = int(n_items)
         self.cfg = config

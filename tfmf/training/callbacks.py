@@ -131,9 +131,15 @@ class RestoreBest(tf_keras.callbacks.Callback):
 
 
 class EpochCSVLogger(tf_keras.callbacks.CSVLogger):
-    """Keras' CSVLogger writing the 1-based epoch that the console and the plots show."""
+    """Keras' CSVLogger writing the 1-based epoch that the console and the plots show.
+
+    Its columns are the first epoch's keys (stock CSVLogger adds a ``val_`` twin of every key
+    when the first epoch has none, which would fill history.csv with NA columns).
+    """
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None and logs:
+            self.keys = sorted(logs)
         super().on_epoch_end(epoch + 1, logs)
 
 
@@ -166,12 +172,11 @@ class SyncStart(tf_keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs=None):
+        from tfmf.training.fit import create_slots
         from tfmf.training.precision import loss_scale_variables
 
         opt = self.model.optimizer
-        inner = getattr(opt, "inner_optimizer", opt)
-        if hasattr(inner, "_create_all_weights"):
-            inner._create_all_weights(self.model.trainable_variables)
+        create_slots(self.model)
         distributed.broadcast_variables(self.model.variables)
         distributed.broadcast_variables(opt.variables() + loss_scale_variables(opt))
 
