@@ -177,3 +177,19 @@ def test_validation_settings_are_checked():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["data.split.validation_users=-1"])
     assert e.value.key == "data.split.validation_users"
+
+
+def test_the_readme_keras_example_runs(tmp_path, monkeypatch):
+    """The README's compile/fit snippet, executed as written."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- keras-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    hist = namespace["history"].history
+    assert {"loss", "data", "l2", "bias_l2", "val_loss", "val_data"} <= set(hist)
+    assert hist["val_data"][-1] < hist["val_data"][0]
+    assert (tmp_path / "history.csv").exists()

@@ -112,11 +112,11 @@ def _to_index(values: list[str], known, kind: str):
 
 # --------------------------------------------------------------------------- commands
 def cmd_data_inspect(args) -> int:
-    from tfmf.config import load_config
+    from tfmf.config import load_data_config
     from tfmf.data.loading import inspect
 
     # A DataConfig validated like a run config's data section (so --set data.* works).
-    data_cfg = load_config(raw={"data": {"source": args.source}}, overrides=args.set).data
+    data_cfg = load_data_config(args.source, args.set)
     info = inspect(data_cfg)
     if args.json:
         _print_json(info)

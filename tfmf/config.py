@@ -362,6 +362,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return config_from_dict(raw, source)
 
 
+def load_data_config(source: str, overrides: list[str] | None = None) -> DataConfig:
+    """A DataConfig for ``source`` with ``data.*`` overrides, validated like a run config's
+    data section -- without resolving a model (so no model module, and no TensorFlow, loads).
+
+    Raises:
+      ConfigError: an override outside ``data`` or a bad data key.
+    """
+    raw: dict = {"data": {"source": source}}
+    for item in overrides or []:
+        apply_override(raw, item)
+    extra = sorted(set(raw) - {"data"})
+    if extra:
+        raise ConfigError("only data.* settings apply here", key=extra[0])
+    return from_dict(DataConfig, raw["data"] or {}, "data")
+
+
 def config_from_dict(raw: dict, source: str | None = None) -> RunConfig:
     """Validates a parsed config dict into a RunConfig (see load_config)."""
     from tfmf import registry

@@ -34,8 +34,6 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-import numpy as np
-
 _hvd = None
 
 
@@ -145,29 +143,6 @@ def broadcast_object(obj: Any, name: str | None = None) -> Any:
     if not is_distributed():
         return obj
     return _hvd.broadcast_object(obj, root_rank=0, name=name)
-
-
-def allreduce_mean(values: dict[str, float]) -> dict[str, float]:
-    """Averages a dict of scalars over ranks (identity in one process)."""
-    if not is_distributed() or not values:
-        return values
-    import tensorflow as tf
-
-    keys = sorted(values)
-    vec = tf.constant([float(values[k]) for k in keys], tf.float64)
-    avg = _hvd.allreduce(vec, op=_hvd.Average, name="tfmf_metrics").numpy()
-    return {k: float(v) for k, v in zip(keys, np.asarray(avg))}
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank if ``flag`` is True on any rank (so all ranks stop together)."""
-    if not is_distributed():
-        return bool(flag)
-    import tensorflow as tf
-
-    total = _hvd.allreduce(tf.constant([1.0 if flag else 0.0], tf.float32), op=_hvd.Sum,
-                           name="tfmf_any_rank")
-    return bool(total.numpy()[0] > 0)
 
 
 def barrier() -> None:

@@ -22,7 +22,7 @@ import tensorflow as tf
 from tfmf.data.interactions import InteractionData
 from tfmf.data.sparse import csr_rows_coo
 
-from tfmf.evaluation import RANKING_METRICS  # noqa: E402  (single list of names)
+from tfmf.config import RANKING_METRICS  # noqa: E402  (single list of names)
 
 
 def _csr(x) -> sp.csr_matrix:

@@ -24,7 +24,7 @@ import tf_keras
 
 from tfmf import distributed
 from tfmf.errors import TrainingDiverged
-from tfmf.training.optimizers import current_lr
+from tfmf.training.optimizers import create_slots, current_lr
 
 
 class DivergenceGuard(tf_keras.callbacks.Callback):
@@ -172,11 +172,10 @@ class SyncStart(tf_keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs=None):
-        from tfmf.training.fit import create_slots
         from tfmf.training.precision import loss_scale_variables
 
         opt = self.model.optimizer
-        create_slots(self.model)
+        create_slots(opt, self.model.trainable_variables)
         distributed.broadcast_variables(self.model.variables)
         distributed.broadcast_variables(opt.variables() + loss_scale_variables(opt))
 

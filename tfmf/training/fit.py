@@ -37,7 +37,7 @@ from tfmf import distributed
 from tfmf.config import TrainConfig
 from tfmf.errors import ConfigError
 from tfmf.training import callbacks as cb
-from tfmf.training.optimizers import make_optimizer
+from tfmf.training.optimizers import create_slots, make_optimizer
 from tfmf.training.precision import wrap_optimizer
 
 
@@ -68,23 +68,9 @@ def compile_model(model: tf_keras.Model, cfg: TrainConfig, steps_per_epoch: int,
     model.compile(optimizer=optimizer, run_eagerly=run_eagerly,
                   steps_per_execution=1 if run_eagerly else cfg.steps_per_execution)
     if not run_eagerly:
-        create_slots(model)
-
-
-def create_slots(model: tf_keras.Model) -> None:
-    """Creates the optimizer's slot variables now.
-
-    Otherwise the first compiled call creates them, and tf.function traces a function that
-    creates variables twice: the multi-step train function (the costliest trace of a fit)
-    would be traced two times. A restored checkpoint fills the slots as they are created.
-    """
-    opt = model.optimizer
-    inner = getattr(opt, "inner_optimizer", opt)
-    if hasattr(inner, "_create_all_weights"):  # legacy optimizers (+ Horovod's subclass)
-        with tf.name_scope(inner._name):
-            inner._create_all_weights(model.trainable_variables)
-    elif hasattr(inner, "build"):
-        inner.build(model.trainable_variables)
+        # Slots now, not in the first compiled call: tf.function traces a function that
+        # creates variables twice, and the multi-step train function is a fit's costliest trace.
+        create_slots(model.optimizer, model.trainable_variables)
 
 
 def epoch_of(model: tf_keras.Model, steps_per_epoch: int) -> Callable[[], tf.Tensor]:

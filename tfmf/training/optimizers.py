@@ -36,7 +36,7 @@ class LinearWarmup(tf_keras.optimizers.schedules.LearningRateSchedule):
     """Linear ramp to the wrapped schedule over ``warmup_steps``.
 
     The multiplier goes from ``start_fraction + (1 - start_fraction) / warmup_steps`` at step 0
-    to 1 at ``warmup_steps - 1``. With Horovod LR scaling the Trainer uses
+    to 1 at ``warmup_steps - 1``. With Horovod LR scaling, :func:`make_schedule` uses
     ``start_fraction = 1 / world_size``: the ramp starts at the single-worker LR and reaches
     the scaled LR (Goyal et al. 2017, "Accurate, Large Minibatch SGD").
 
@@ -122,3 +122,16 @@ def current_lr(optimizer) -> float:
         lr = lr(inner.iterations)
     val = float(tf.keras.backend.get_value(lr)) if not isinstance(lr, float) else lr
     return val if math.isfinite(val) else float("nan")
+
+
+def create_slots(optimizer, variables) -> None:
+    """Creates ``optimizer``'s slot variables for ``variables`` now (restored values fill them).
+
+    Works through LossScaleOptimizer and Horovod's DistributedOptimizer (a subclass).
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if hasattr(inner, "_create_all_weights"):  # tf_keras legacy optimizers
+        with tf.name_scope(inner._name):
+            inner._create_all_weights(variables)
+    elif hasattr(inner, "build"):
+        inner.build(variables)

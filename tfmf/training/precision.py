@@ -6,9 +6,10 @@ Rules every model follows (MF, biased MF and Mult-VAE do):
 * A sparse input is cast with :func:`cast_sparse` to the compute dtype before it meets a
   kernel (``sparse_dense_matmul`` needs both operands in one dtype).
 * Logits are cast to float32 before softmax / log-likelihood; losses, regularisers and metrics
-  are computed in float32 (the Trainer also casts every loss component to float32).
-* mixed_float16 wraps the optimizer in a dynamic ``LossScaleOptimizer`` (the Trainer scales the
-  loss, takes gradients, unscales, applies; overflowing steps are skipped and the scale halves).
+  are computed in float32 (``ComponentLossModel`` also casts every loss component to float32).
+* mixed_float16 wraps the optimizer in a dynamic ``LossScaleOptimizer`` (its ``minimize`` scales
+  the loss, takes gradients, unscales, applies; overflowing steps are skipped and the scale
+  halves).
   bfloat16 has float32's exponent range, so it needs no loss scaling.
 """
 from __future__ import annotations
