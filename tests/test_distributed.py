@@ -386,8 +386,10 @@ def test_a_users_keras_script_with_horovods_own_callbacks(tmp_path):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         assert a["loss"] == b["loss"]  # MetricAverageCallback: the same averaged logs
         assert a["loss"][-1] < a["loss"][0]
-        # Warm-up from 0.05 / 2 towards 0.05 over 2 epochs, then the full LR.
-        assert a["lr"][0] < a["lr"][1] <= a["lr"][2] == pytest.approx(0.05)
+        # Warm-up from 0.05 / 2 towards 0.05 over 2 epochs (per batch, so the last epoch ends
+        # a fraction of a batch short of it).
+        assert a["lr"] == b["lr"]
+        assert 0.025 < a["lr"][0] < a["lr"][1] <= a["lr"][2] == pytest.approx(0.05, rel=0.05)
 
 
 @pytest.mark.slow
