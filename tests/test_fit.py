@@ -185,6 +185,22 @@ def test_divergence_inside_a_multi_step_call_names_its_step():
     assert (ei.value.epoch, ei.value.step) == (1, 8)
 
 
+class Counting(Tiny):
+    traces = 0
+
+    def compute_losses(self, batch, training=False):
+        Counting.traces += 1  # runs once per trace, never per step
+        return super().compute_losses(batch, training)
+
+
+def test_a_multi_step_fit_traces_the_train_step_once():
+    Counting.traces = 0
+    m, h = fit(TrainConfig(epochs=3, learning_rate=0.05, verbose=0, steps_per_execution=4),
+               model_cls=Counting)
+    assert Counting.traces == 1 and len(h) == 3
+    assert int(m.optimizer.iterations.numpy()) == 30  # 10 steps an epoch: 4 + 4 + 2
+
+
 def test_loss_trackers_are_not_weights():
     m = Tiny()
     assert len(m.weights) == 3  # embeddings, kernel, bias: no tracker state

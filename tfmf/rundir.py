@@ -214,20 +214,6 @@ class RunDir:
         if len(lines) > epochs + 1:
             atomic_write_text(self.history, "".join(lines[:epochs + 1]))
 
-    def write_history(self, rows: list[dict]) -> None:
-        """Writes ``rows`` as history.csv (one column per key seen), atomically."""
-        keys: list[str] = []
-        for row in rows:
-            keys += [k for k in row if k not in keys]
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=keys)
-                w.writeheader()
-                w.writerows(rows)
-
-        atomic_write(self.history, write)
-
     def plot_learning_curve(self, history: list[dict]) -> None:
         plot_learning_curve(history, self.file(CURVE))
 
