@@ -80,8 +80,10 @@ def measure(steps: int = 0, config: str | None = None, overrides=(), seed: int =
     from tfmf.data.synthetic import implicit_power_law
 
     cfg = load_config(config or os.path.join(ROOT, "configs", "ml20m_mult_vae.yaml"),
+                      # Throughput only: no validation users, so no epoch selection.
                       overrides=["train.epochs=2", "train.verbose=0",
-                                 "train.checkpoint_every=0", *overrides])
+                                 "train.checkpoint_every=0", "train.restore_best=false",
+                                 *overrides])
     t0 = time.perf_counter()
     if data is None:
         data = implicit_power_law(*shape, seed=seed)
