@@ -97,7 +97,7 @@ def ease_key(dtype: str) -> str:
     """The key to suggest when EASE does not fit."""
     if str(dtype) == "float64":
         return "model.dtype: float32"
-    return "data.min_item_interactions (fewer items; EASE needs n_items^2 floats)"
+    return "data.min_item_interactions (fewer items)"
 
 
 def score_block_bytes(batch_size: int, n_items: int) -> int:
@@ -210,3 +210,37 @@ def first_misfit(stages: list[Stage], margin: int = DEFAULT_MARGIN) -> str | Non
         if msg is not None:
             return msg
     return None
+
+
+# --------------------------------------------------------------------------- dry run
+def synthetic_counts(data_cfg) -> tuple[int, int, int] | None:
+    """(n_users, n_items, nnz) of a synthetic source straight from its config (no data built),
+    None for other sources."""
+    s = data_cfg.synthetic
+    if data_cfg.source == "synthetic-implicit":
+        return s.n_users, s.n_items, s.nnz
+    if data_cfg.source == "synthetic-explicit":
+        return s.n_users, s.n_items, int(round(s.density * s.n_users * s.n_items))
+    return None
+
+
+def estimate_file_ratings(path: str, probe: int = 1 << 16) -> int | None:
+    """Rough row count of a text ratings file (file size / mean length of its first lines);
+    None when ``path`` is not a plain file (a dataset name, Parquet, compressed)."""
+    if not os.path.isfile(path) or path.endswith((".parquet", ".gz", ".zip")):
+        return None
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(probe)
+    lines = max(1, head.count(b"\n"))
+    return int(size / (len(head) / lines))
+
+
+def dry_run_table(cfg, n_users: int, n_items: int, nnz: int,
+                  margin: int = DEFAULT_MARGIN) -> tuple[list[dict], str | None]:
+    """The rows ``tfmf train --dry-run`` prints, and the first misfit's message (or None)."""
+    budget = available_bytes() - margin
+    stages = estimate_run(cfg, n_users, n_items, nnz)
+    rows = [{"stage": what, "GB": b / GB, "fits": "yes" if b <= budget else "NO",
+             "shrink with": key} for what, b, key in stages]
+    return rows, first_misfit(stages, margin)

@@ -284,6 +284,11 @@ class EASE(Recommender):
 
     def score(self, users=None, user_items=None) -> np.ndarray:
         """``rows @ B`` for fold-in rows or the training rows of known users."""
+        from tfmf import memory
+
+        n = len(users) if user_items is None else user_items.shape[0]
+        memory.preflight(memory.score_block_bytes(n, self.n_items),
+                         f"scoring {n:,} users x {self.n_items:,} items", "eval.batch_size")
         return np.asarray(self._rows(users, user_items) @ self.B, dtype=np.float32)
 
     def recalculate_user(self, user_items) -> np.ndarray:
