@@ -49,7 +49,7 @@ def test_ease_estimate_scales_with_items_and_dtype():
 
 def test_ease_fit_that_cannot_fit_stops_before_allocating_and_names_the_key(available):
     d = items_data()
-    need64 = memory.ease_fit_bytes(d.n_items, "float64", "blocked")
+    need64 = memory.ease_fit_bytes(d.n_items, "float64", "blocked", d.nnz)
     # Fits in float32, not in float64: the message says to switch the dtype.
     available(memory.DEFAULT_MARGIN + need64 - 1)
     with pytest.raises(MemoryBudgetError) as e:

@@ -81,16 +81,25 @@ def _itemsize(dtype: str) -> int:
     return 8 if str(dtype) == "float64" else 4
 
 
-def ease_fit_bytes(n_items: int, dtype: str = "float32", solver: str = "blocked") -> int:
-    """Peak bytes of an EASE fit: the Gram/inverse matrix (in place), the solver's workspace
-    (blocked: n^2/2; tensorflow on the host: ~4 matrices; lapack: row blocks only) and, for
-    float64, the float32 copy of B."""
+def ease_fit_bytes(n_items: int, dtype: str = "float32", solver: str = "blocked",
+                   nnz: int = 0) -> int:
+    """Peak bytes of an EASE fit: the Gram/inverse matrix (in place) plus the larger of
+
+    * the Gram assembly's temporaries: the dense block of heavy users (at most
+      ``nnz / DENSE_USER_SHARE`` entries, see tfmf.models.ease) and three CSR copies of X;
+    * the solver's workspace (blocked: n^2/2; tensorflow on the host: ~4 matrices; lapack:
+      row blocks only);
+    * for float64, the float32 copy of B.
+    """
+    from tfmf.models.ease import DENSE_USER_SHARE
+
     sq = n_items * n_items
     isz = _itemsize(dtype)
     extra = {"blocked": 0.5 * sq * isz, "lapack": 2048 * n_items * isz,
              "tensorflow": 4.0 * sq * isz}.get(solver, 4.0 * sq * isz)
+    gram = nnz / DENSE_USER_SHARE * isz + 3 * 12 * nnz
     b_copy = 4 * sq if isz == 8 else 0
-    return int(sq * isz + max(extra, b_copy))
+    return int(sq * isz + max(extra, b_copy, gram))
 
 
 def ease_key(dtype: str) -> str:
@@ -169,7 +178,7 @@ def _ease(cfg, n_users, n_items, nnz) -> list[Stage]:
 
     solver = cfg.model.solver if cfg.model.solver != "auto" else CPU_SOLVER
     return [(f"EASE item x item matrices ({cfg.model.dtype}, solver {solver})",
-             ease_fit_bytes(n_items, cfg.model.dtype, solver), ease_key(cfg.model.dtype))]
+             ease_fit_bytes(n_items, cfg.model.dtype, solver, nnz), ease_key(cfg.model.dtype))]
 
 
 def _small(cfg, n_users, n_items, nnz) -> list[Stage]:
