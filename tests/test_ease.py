@@ -61,3 +61,67 @@ def test_ease_beats_popularity_on_ml100k_strong_generalization(ml100k_dir):
     pop = evaluate_strong(Popularity().fit(split.train), split, cfg)["ndcg@100"]
     # Measured on this fold: EASE 0.474 (l2=500), popularity 0.279.
     assert ease > 0.44 and pop < 0.32 and ease > pop + 0.1
+
+
+# --------------------------------------------------------------------------- solvers
+def gram_case(n_users=300, n_items=500, seed=0, lam=5.0):
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n_users, n_items)) < 0.05).astype(np.float32)
+    x[:3] = 1.0  # users with every item: the dense part of the Gram assembly
+    return sp.csr_matrix(x), x.astype(np.float64).T @ x + lam * np.eye(n_items), lam
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_item_gram_dense_and_sparse_parts_match_xtx(dtype):
+    from tfmf.models.ease import item_gram
+
+    x, ref, lam = gram_case()
+    for share in (0.05, 1.0):  # with and without the dense-user path
+        g = item_gram(x, dtype, lam, dense_share=share, row_block=128)
+        assert g.dtype == np.dtype(dtype) and g.flags.c_contiguous
+        np.testing.assert_array_equal(g, ref.astype(dtype))
+
+
+@pytest.mark.parametrize("solver", ["lapack", "blocked", "tensorflow"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_solver_inverts_the_gram_matrix(solver, dtype):
+    from tfmf.models.ease import item_gram, spd_inverse, spd_inverse_blocked
+
+    x, ref, lam = gram_case()
+    g = item_gram(x, dtype, lam)
+    # Small leaves so the recursion (three levels) is exercised, not only the LAPACK leaf.
+    p = spd_inverse_blocked(g, leaf=64) if solver == "blocked" else spd_inverse(g, solver)
+    P = np.linalg.inv(ref)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    assert np.abs(p - P).max() <= tol * np.abs(P).max()
+    # LAPACK and TF mirror one triangle; the recursion's diagonal blocks are symmetric to
+    # rounding.
+    assert np.abs(p - p.T).max() <= tol * np.abs(P).max()
+
+
+def test_fit_is_the_same_model_with_every_solver_and_auto_picks_the_cpu_solver():
+    from tfmf.models import ease
+
+    d, _ = data(3, n_users=80, n_items=40)
+    fits = {s: EASE(l2=4.0, dtype="float64", solver=s).fit(d) for s in ("lapack", "blocked",
+                                                                        "tensorflow", "auto")}
+    for s, m in fits.items():
+        np.testing.assert_allclose(m.B, fits["lapack"].B, atol=1e-6, err_msg=s)
+    # No GPU on the test machine: auto is the CPU solver; with a GPU it would be tensorflow.
+    assert fits["auto"].solver_used == ("tensorflow" if ease.gpu_available() else ease.CPU_SOLVER)
+
+
+def test_not_positive_definite_is_a_clear_error():
+    from tfmf.models.ease import spd_inverse
+
+    for solver in ("lapack", "blocked", "tensorflow"):
+        g = -np.eye(50)
+        with pytest.raises(np.linalg.LinAlgError, match="positive definite"):
+            spd_inverse(g, solver)
+
+
+def test_bad_solver_is_a_config_error():
+    from tfmf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.solver"):
+        EASE(solver="magma")

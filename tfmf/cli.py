@@ -126,9 +126,43 @@ def cmd_data_inspect(args) -> int:
     return 0
 
 
+def cmd_train_dry_run(args) -> int:
+    """``tfmf train --dry-run``: memory estimates per stage (tfmf.memory), no training; exits
+    2 with the preflight message when a stage does not fit."""
+    from tfmf import memory, runner
+    from tfmf.errors import MemoryBudgetError
+    from tfmf.tables import format_table
+
+    path = args.config or (os.path.join(args.resume, "config.yaml") if args.resume else None)
+    if path is None:
+        raise CliError("train --dry-run needs --config FILE (or --resume RUN_DIR)")
+    cfg = _load_config(args, path)
+    counts, how = memory.synthetic_counts(cfg.data), "from the config"
+    if counts is None:
+        guess = memory.estimate_file_ratings(cfg.data.source)
+        if guess is not None:  # a big file: check that reading it fits before reading it
+            memory.preflight(memory.data_bytes(guess), f"reading ~{guess:,} ratings from "
+                             f"{cfg.data.source}", "data.source")
+        data = runner.load_data(cfg)
+        counts, how = (data.n_users, data.n_items, data.nnz), "loaded"
+    n_users, n_items, nnz = counts
+    rows, misfit = memory.dry_run_table(cfg, n_users, n_items, nnz)
+    print(f"dry run: {cfg.model_name} on {cfg.data.source}: {n_users:,} users, {n_items:,} "
+          f"items, {nnz:,} interactions ({how})")
+    print(f"available: {memory.available_bytes() / memory.GB:.1f} GB minus a "
+          f"{memory.DEFAULT_MARGIN / memory.GB:.1f} GB margin")
+    print(format_table(rows, float_format=".3g"))
+    if misfit is not None:
+        raise MemoryBudgetError(misfit)
+    print("dry run: every stage fits; nothing was trained")
+    return 0
+
+
 def cmd_train(args) -> int:
     from tfmf import runner
 
+    if getattr(args, "dry_run", False):
+        return cmd_train_dry_run(args)
     if args.resume:
         if args.cv:
             raise CliError("--resume continues one training run; it cannot be combined with --cv")
@@ -356,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "uses RUN_DIR/config.yaml unless --config is given")
     tr.add_argument("--cv", action="store_true",
                     help="cross-validate over every fold of the split (one sub-run per fold)")
+    tr.add_argument("--dry-run", action="store_true",
+                    help="print the memory each stage needs (and the data's counts) without "
+                         "training; exit 2 if a stage does not fit")
     tr.set_defaults(func=cmd_train)
 
     # cv (= train --cv)

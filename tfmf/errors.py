@@ -50,3 +50,19 @@ class TrainingDiverged(TfmfError, RuntimeError):
             "lower the learning rate or add gradient clipping. The last good checkpoint "
             "is kept in the run directory."
         )
+
+
+class MemoryBudgetError(ConfigError):
+    """A step's estimated memory exceeds what is available (checked before allocating).
+
+    Args:
+      message: what needs how much, what is available, and the key to change.
+      key: the config key that shrinks the step (e.g. ``model.dtype``).
+      needed / available: bytes.
+    """
+
+    def __init__(self, message: str, key: str | None = None, needed: int | None = None,
+                 available: int | None = None):
+        self.needed, self.available = needed, available
+        super().__init__(message, key=None)
+        self.key = key

@@ -62,7 +62,11 @@ class BiasBaseline(Recommender):
         return (self.mu + self.bu[np.asarray(users)] + self.bi[np.asarray(items)]).astype(np.float32)
 
     def score(self, users=None, user_items=None):
+        from tfmf import memory
+
         n = len(users) if users is not None else user_items.shape[0]
+        memory.preflight(memory.score_block_bytes(n, self.n_items),
+                         f"scoring {n:,} users x {self.n_items:,} items", "eval.batch_size")
         bu = self.bu[np.asarray(users)] if users is not None else np.zeros(n)
         return (self.mu + bu[:, None] + self.bi[None, :]).astype(np.float32)
 

@@ -131,6 +131,49 @@ class ConfigHyperModel(kt.HyperModel):
         return space_mod.apply_values(self.base, hp.values)
 
 
+def _atomic_json(path: str, state: dict) -> None:
+    """Writes ``state`` as JSON to ``path`` through a temporary file and a rename, so a process
+    killed mid-write leaves the previous file, never a truncated one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class RestartSafe:
+    """Oracle mixin: state files are written atomically, and a restarted search never reruns a
+    completed trial.
+
+    KerasTuner 1.3.5 writes ``trial_*/trial.json`` and ``oracle.json`` in place and in that
+    order; on reload it sends every trial that ``oracle.json`` lists as ongoing to the retry
+    queue. A chief killed between the two writes would therefore rerun a trial whose
+    ``trial.json`` already says COMPLETED; :meth:`reload` drops those from the queue.
+    """
+
+    def save(self):
+        _atomic_json(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        _atomic_json(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"),
+                     trial.get_state())
+
+    def reload(self):
+        super().reload()
+        done = {tid for tid, t in self.trials.items() if t.status in _FINISHED}
+        for tid in [t for t in self._retry_queue if t in done]:
+            self._retry_queue.remove(tid)
+            if tid not in self.end_order:
+                self.end_order.append(tid)
+        if self._retry_queue:
+            print(f"resuming the search: retrying interrupted trial(s) "
+                  f"{', '.join(sorted(self._retry_queue))}", flush=True)
+
+
+_FINISHED = (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED)
+
+
 class BaseConfigFirst:
     """Oracle mixin: the first trial runs the hp defaults, i.e. the config's own values (see
     :func:`tfmf.tuning.space.declare`; a value outside the space falls back to KerasTuner's
@@ -144,12 +187,21 @@ class BaseConfigFirst:
         return super().populate_space(trial_id)
 
 
-class BaseFirstRandomSearchOracle(BaseConfigFirst, kt.oracles.RandomSearchOracle):
+class BaseFirstRandomSearchOracle(RestartSafe, BaseConfigFirst, kt.oracles.RandomSearchOracle):
     """Random search whose first trial is the starting config."""
 
 
-class BaseFirstBayesianOracle(BaseConfigFirst, kt.oracles.BayesianOptimizationOracle):
+class RandomSearchOracle(RestartSafe, kt.oracles.RandomSearchOracle):
+    """KerasTuner's random search with restart-safe state files."""
+
+
+class BaseFirstBayesianOracle(RestartSafe, BaseConfigFirst,
+                              kt.oracles.BayesianOptimizationOracle):
     """Bayesian optimisation whose first (random-phase) trial is the starting config."""
+
+
+class HyperbandOracle(RestartSafe, kt.oracles.HyperbandOracle):
+    """KerasTuner's Hyperband with restart-safe state files."""
 
 
 def make_oracle(strategy: str, cfg: RunConfig, objective: Objective, max_trials: int,
@@ -164,7 +216,7 @@ def make_oracle(strategy: str, cfg: RunConfig, objective: Objective, max_trials:
     common = dict(objective=obj, seed=cfg.tune.seed * 10 + stage,
                   max_consecutive_failed_trials=5)
     if strategy == "random":
-        cls = BaseFirstRandomSearchOracle if stage == 1 else kt.oracles.RandomSearchOracle
+        cls = BaseFirstRandomSearchOracle if stage == 1 else RandomSearchOracle
         return cls(max_trials=max_trials, **common)
     if strategy == "bayesian":
         # KerasTuner's default (3 random points per dimension) would spend a small budget on
@@ -173,7 +225,7 @@ def make_oracle(strategy: str, cfg: RunConfig, objective: Objective, max_trials:
         return BaseFirstBayesianOracle(max_trials=max_trials, num_initial_points=initial,
                                        **common)
     if strategy == "hyperband":
-        return kt.oracles.HyperbandOracle(max_epochs=cfg.tune.max_epochs, factor=3,
+        return HyperbandOracle(max_epochs=cfg.tune.max_epochs, factor=3,
                                           hyperband_iterations=1, **common)
     raise ConfigError(f"unknown strategy {strategy!r}", key="tune.strategy")
 
@@ -227,7 +279,18 @@ class CVTuner(base_tuner.BaseTuner):
         if role() == "worker":
             fast_reconnect(self.oracle)
 
+    def save(self) -> None:
+        if not self._is_worker():
+            self.oracle.save()
+        _atomic_json(self._get_tuner_fname(), self.get_state())
+
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+        # A worker tells the chief it is alive while it runs a trial (see serve_oracle).
+        with _heartbeat(self.oracle, trial.trial_id) if role() == "worker" else \
+                contextlib.nullcontext():
+            return self._run_cv_trial(trial)
+
+    def _run_cv_trial(self, trial) -> dict[str, float]:
         from tfmf.evaluation.model_selection import cross_validate
 
         cfg = self.hypermodel.build(trial.hyperparameters)
@@ -270,6 +333,35 @@ class CVTuner(base_tuner.BaseTuner):
 
 
 # --------------------------------------------------------------------------- chief server
+def _env_seconds(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@contextlib.contextmanager
+def _heartbeat(client, trial_id: str):
+    """While the block runs, asks the chief for ``trial_id`` every $TFMF_TUNE_HEARTBEAT seconds
+    (default 5): the chief takes any request naming a running trial as a sign of life."""
+    import threading
+
+    stop = threading.Event()
+    every = _env_seconds("TFMF_TUNE_HEARTBEAT", 5.0)
+
+    def beat():
+        while not stop.wait(every):
+            try:
+                client.get_trial(trial_id)
+            except Exception:  # noqa: BLE001  (chief briefly away: the next beat retries)
+                pass
+
+    t = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(timeout=every + 1.0)
+
+
 def serve_oracle(oracle, poll: float = 0.5, linger: float | None = None,
                  workers: int | None = None, wait_missing: float = 120.0) -> None:
     """Serves ``oracle`` to workers over gRPC until the search is over (the chief's job).
@@ -279,6 +371,13 @@ def serve_oracle(oracle, poll: float = 0.5, linger: float | None = None,
     chief returns as soon as ``workers`` workers have been told to stop; when the count is
     unknown (0) it waits ``linger`` seconds for late workers instead, and a known count that
     never shows up is waited for at most ``wait_missing`` seconds.
+
+    A worker that dies mid-trial is detected by its silence: workers send a heartbeat while
+    they run a trial (:func:`_heartbeat`), and a running trial whose worker has not been heard
+    from for $TFMF_TUNE_WORKER_LEASE seconds (default 60) is ended as lost: KerasTuner marks it
+    FAILED (no retries configured) with a message naming the worker, the search carries on with
+    the other workers, and a late result from that worker is ignored. Workers that went silent
+    are not waited for at the end.
 
     Args:
       oracle: the chief's oracle (with its project dir set).
@@ -295,6 +394,7 @@ def serve_oracle(oracle, poll: float = 0.5, linger: float | None = None,
 
     env = os.environ
     linger = float(env.get("TFMF_TUNE_CHIEF_LINGER", 5.0)) if linger is None else linger
+    lease = _env_seconds("TFMF_TUNE_WORKER_LEASE", 60.0)
     workers = int(env.get("TFMF_TUNE_WORKERS", 0)) if workers is None else workers
 
     class Servicer(oracle_chief.OracleServicer):
@@ -302,8 +402,51 @@ def serve_oracle(oracle, poll: float = 0.5, linger: float | None = None,
             super().__init__(oracle)
             self.seen: set[str] = set()
             self.stopped: set[str] = set()
+            self.last: dict[str, float] = {}
+            self.lost: set[str] = set()       # trial ids ended because their worker went silent
+            self.silent: set[str] = set()     # tuner ids presumed dead
+
+        def alive(self, tuner_id: str) -> None:
+            self.last[tuner_id] = time.monotonic()
+            self.silent.discard(tuner_id)
+
+        def GetTrial(self, request, context):
+            for tuner_id, t in list(self.oracle.ongoing_trials.items()):
+                if t.trial_id == request.trial_id:
+                    self.alive(tuner_id)
+            return super().GetTrial(request, context)
+
+        def UpdateTrial(self, request, context):
+            if request.trial_id in self.lost:  # the trial was given up on: keep it failed
+                return protos.get_service().UpdateTrialResponse(
+                    trial=self.oracle.get_trial(request.trial_id).to_proto())
+            return super().UpdateTrial(request, context)
+
+        def EndTrial(self, request, context):
+            if request.trial.trial_id in self.lost:
+                print(f"chief: ignoring the late result of lost trial {request.trial.trial_id}",
+                      flush=True)
+                return protos.get_service().EndTrialResponse()
+            return super().EndTrial(request, context)
+
+        def reap(self, lease: float) -> None:
+            """Ends running trials whose worker has been silent for more than ``lease`` s."""
+            now = time.monotonic()
+            for tuner_id, t in list(self.oracle.ongoing_trials.items()):
+                quiet = now - self.last.get(tuner_id, now)
+                if quiet <= lease:
+                    continue
+                t.status = trial_module.TrialStatus.INVALID
+                t.message = (f"worker {tuner_id} stopped responding while running trial "
+                             f"{t.trial_id} (no heartbeat for {quiet:.0f} s); trial lost")
+                self.lost.add(t.trial_id)
+                self.silent.add(tuner_id)
+                self.oracle.end_trial(t)
+                print(f"chief: WARNING {t.message}; status "
+                      f"{self.oracle.get_trial(t.trial_id).status}", flush=True)
 
         def CreateTrial(self, request, context):
+            self.alive(request.tuner_id)
             trial = self.oracle.create_trial(request.tuner_id)
             self.seen.add(request.tuner_id)
             if trial.status == trial_module.TrialStatus.STOPPED:
@@ -323,14 +466,15 @@ def serve_oracle(oracle, poll: float = 0.5, linger: float | None = None,
     try:
         while True:
             time.sleep(poll)
+            servicer.reap(lease)
             over = (servicer.stop_triggered and not oracle.ongoing_trials
-                    and servicer.seen <= servicer.stopped)
+                    and servicer.seen - servicer.silent <= servicer.stopped)
             if not over:
                 over_since = None
                 continue
             over_since = over_since or time.monotonic()
             waited = time.monotonic() - over_since
-            if workers and len(servicer.stopped) >= workers:
+            if workers and len(servicer.stopped | servicer.silent) >= workers:
                 break
             if (not workers and waited >= linger) or waited >= wait_missing:
                 if workers:

@@ -1,0 +1,255 @@
+"""Memory estimates and the preflight check that runs before large allocations.
+
+Every estimate is in bytes and names the config key that shrinks it, so a run that cannot fit
+stops *before* allocating, with a message such as::
+
+    EASE fit (20,108 items, float64, solver blocked) needs 4.9 GB but 3.1 GB are available
+    (psutil available memory minus a 1.0 GB margin); change model.dtype: float32 ...
+
+instead of being killed by the kernel or crashing half-way. The estimates are deliberately
+simple upper bounds of the dominant arrays (the n x n matrices of EASE, the dense score blocks of
+evaluation, the Gibbs workspaces, parameter tables, data loading); small objects are ignored.
+
+:func:`estimate_run` gathers the stages of a whole run for ``tfmf train --dry-run``; the
+per-model estimates are keyed by registry name in :data:`MODEL_ESTIMATES` (one place).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from tfmf.errors import MemoryBudgetError
+
+GB = 1e9
+#: Kept free for the interpreter, TensorFlow and everything not estimated (bytes).
+DEFAULT_MARGIN = 1.0 * GB
+#: Peak RSS per rating read from a CSV file (measured: 3.3 GB for a 16M-row ML-20M-shaped CSV,
+#: issue #14); an upper bound for the data stage until the lean reader lands.
+LOAD_BYTES_PER_RATING = 205
+#: Bytes per rating held after loading (int32 user + int32 item + float32 value + int64 time)
+#: plus the CSR copy models keep of their training interactions.
+HELD_BYTES_PER_RATING = 20 + 8
+
+Stage = tuple[str, int, str]  # (what, bytes, config key that shrinks it)
+
+
+def available_bytes() -> int:
+    """Memory the process may still allocate: psutil's ``available`` (or $TFMF_MEMORY_LIMIT
+    bytes when set, e.g. to model a smaller machine or a container limit)."""
+    limit = os.environ.get("TFMF_MEMORY_LIMIT")
+    if limit:
+        return int(float(limit))
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def check_fits(needed: int, what: str, key: str, margin: int = DEFAULT_MARGIN) -> str | None:
+    """The preflight message when ``needed`` bytes exceed available memory minus ``margin``,
+    else None."""
+    budget = available_bytes() - margin
+    if needed <= budget:
+        return None
+    return (f"{what} needs {_gb(needed)} but {_gb(max(budget, 0))} are available (psutil "
+            f"available memory minus a {_gb(margin)} margin); change {key} (or free memory)")
+
+
+def preflight(needed_bytes: int, what: str, key: str, margin: int = DEFAULT_MARGIN) -> None:
+    """Raises before a large allocation that would not fit in memory.
+
+    Args:
+      needed_bytes: the estimate of what the step allocates.
+      what: the step, for the message (e.g. "EASE fit (20,108 items, float64)").
+      key: the config key (with a suggested value) that shrinks it, e.g. ``model.dtype: float32``.
+      margin: bytes kept free for everything not estimated.
+
+    Raises:
+      MemoryBudgetError: (a ConfigError naming ``key``) with GB needed vs available.
+    """
+    msg = check_fits(int(needed_bytes), what, key, margin)
+    if msg is not None:
+        raise MemoryBudgetError(msg, key=key.split(":")[0].strip(), needed=int(needed_bytes),
+                                available=available_bytes() - margin)
+
+
+# --------------------------------------------------------------------------- per-step estimates
+def _itemsize(dtype: str) -> int:
+    return 8 if str(dtype) == "float64" else 4
+
+
+def ease_fit_bytes(n_items: int, dtype: str = "float32", solver: str = "blocked",
+                   nnz: int = 0) -> int:
+    """Peak bytes of an EASE fit: the Gram/inverse matrix (in place) plus the larger of
+
+    * the Gram assembly's temporaries: the dense block of heavy users (at most
+      ``nnz / DENSE_USER_SHARE`` entries, see tfmf.models.ease) and three CSR copies of X;
+    * the solver's workspace (blocked: n^2/2; tensorflow on the host: ~4 matrices; lapack:
+      row blocks only);
+    * for float64, the float32 copy of B.
+    """
+    from tfmf.models.ease import DENSE_USER_SHARE
+
+    sq = n_items * n_items
+    isz = _itemsize(dtype)
+    extra = {"blocked": 0.5 * sq * isz, "lapack": 2048 * n_items * isz,
+             "tensorflow": 4.0 * sq * isz}.get(solver, 4.0 * sq * isz)
+    gram = nnz / DENSE_USER_SHARE * isz + 3 * 12 * nnz
+    b_copy = 4 * sq if isz == 8 else 0
+    return int(sq * isz + max(extra, b_copy, gram))
+
+
+def ease_key(dtype: str) -> str:
+    """The key to suggest when EASE does not fit."""
+    if str(dtype) == "float64":
+        return "model.dtype: float32"
+    return "data.min_item_interactions (fewer items)"
+
+
+def score_block_bytes(batch_size: int, n_items: int) -> int:
+    """Dense score blocks of evaluation/recommend: float32 [batch, n_items] plus the top-K
+    temporaries (masked copy, partition, masks), ~4 such blocks."""
+    return int(4 * 4 * batch_size * n_items)
+
+
+def data_bytes(nnz: int) -> int:
+    """Peak bytes of reading ``nnz`` ratings from a text file."""
+    return int(LOAD_BYTES_PER_RATING * nnz)
+
+
+def factor_table_bytes(n_users: int, n_items: int, dim: int, copies: int = 4) -> int:
+    """Embedding tables (users + items) x dim float32, times ``copies`` (weights, gradients and
+    Adam's two slots)."""
+    return int(4 * copies * (n_users + n_items) * (dim + 1))
+
+
+def gibbs_workspace_bytes(n_users: int, n_items: int, factors: int, chunk_size: int,
+                          posterior_rank: int) -> int:
+    """Bayesian MF: batched (d+1)^2 precision matrices and their Cholesky factors per chunk,
+    padded rating chunks, the factor tables, and the float64 low-rank posterior mean with its
+    SVD workspace."""
+    d = factors + 1
+    per_chunk = chunk_size * d * d * 8 * 3 + chunk_size * 256 * d * 4 * 2
+    tables = 2 * 4 * (n_users + n_items) * d
+    posterior = 3 * 8 * (n_users + n_items) * (posterior_rank + d)
+    return int(per_chunk + tables + posterior)
+
+
+def vae_bytes(n_items: int, dims: list[int], batch_size: int) -> int:
+    """Mult-VAE/DAE: the two n_items x dims[0] tables (encoder input, decoder output) with
+    gradients and Adam slots, plus the dense batch x n_items logits/softmax/gradient blocks."""
+    tables = 4 * 4 * 2 * n_items * (dims[0] + 1)
+    blocks = 4 * 4 * batch_size * n_items
+    return int(tables + blocks)
+
+
+# --------------------------------------------------------------------------- whole runs
+def _mf(cfg, n_users, n_items, nnz) -> list[Stage]:
+    return [("embedding tables + Adam slots",
+             factor_table_bytes(n_users, n_items, cfg.model.embedding_dim), "model.embedding_dim")]
+
+
+def _als(cfg, n_users, n_items, nnz) -> list[Stage]:
+    m = cfg.model
+    d = m.factors + 1
+    work = m.chunk_size * d * d * 4 * 3 + m.chunk_size * 256 * d * 4 * 2
+    return [("factor tables", factor_table_bytes(n_users, n_items, m.factors, copies=2),
+             "model.factors"),
+            ("batched solve workspace", work, "model.chunk_size")]
+
+
+def _bayesian(cfg, n_users, n_items, nnz) -> list[Stage]:
+    m = cfg.model
+    return [("Gibbs workspace + posterior mean",
+             gibbs_workspace_bytes(n_users, n_items, m.factors, m.chunk_size, m.posterior_rank),
+             "model.factors")]
+
+
+def _vae(cfg, n_users, n_items, nnz) -> list[Stage]:
+    return [("encoder/decoder tables + batch logits",
+             vae_bytes(n_items, list(cfg.model.dims), cfg.train.batch_size), "train.batch_size")]
+
+
+def _ease(cfg, n_users, n_items, nnz) -> list[Stage]:
+    from tfmf.models.ease import CPU_SOLVER
+
+    solver = cfg.model.solver if cfg.model.solver != "auto" else CPU_SOLVER
+    return [(f"EASE item x item matrices ({cfg.model.dtype}, solver {solver})",
+             ease_fit_bytes(n_items, cfg.model.dtype, solver, nnz), ease_key(cfg.model.dtype))]
+
+
+def _small(cfg, n_users, n_items, nnz) -> list[Stage]:
+    return [("model tables", 8 * 3 * (n_users + n_items), "")]
+
+
+#: registry model name -> f(cfg, n_users, n_items, nnz) -> stages of its fit.
+MODEL_ESTIMATES: dict[str, Callable] = {
+    "mf": _mf, "biased_mf": _mf, "als": _als, "ials": _als, "bayesian_mf": _bayesian,
+    "mult_vae": _vae, "mult_dae": _vae, "ease": _ease, "popularity": _small,
+    "bias_baseline": _small,
+}
+
+
+def estimate_run(cfg, n_users: int, n_items: int, nnz: int) -> list[Stage]:
+    """Peak-memory estimates of a run's stages (loading, fit, evaluation), in order.
+
+    Args:
+      cfg: a validated RunConfig.
+      n_users, n_items, nnz: the data's counts.
+
+    Returns:
+      [(stage, bytes, key)] where key is the config key that shrinks the stage ("" if none).
+    """
+    stages: list[Stage] = [("read ratings", data_bytes(nnz), "data.source"),
+                           ("interactions held", HELD_BYTES_PER_RATING * nnz, "data.source")]
+    fit = MODEL_ESTIMATES.get(cfg.model_name, _small)
+    stages += [(f"fit: {what}", b, key) for what, b, key in fit(cfg, n_users, n_items, nnz)]
+    stages.append(("evaluation score blocks", score_block_bytes(cfg.eval.batch_size, n_items),
+                   "eval.batch_size"))
+    return stages
+
+
+def first_misfit(stages: list[Stage], margin: int = DEFAULT_MARGIN) -> str | None:
+    """The preflight message of the first stage that does not fit (None when all fit)."""
+    for what, b, key in stages:
+        msg = check_fits(b, what, key or "the data", margin)
+        if msg is not None:
+            return msg
+    return None
+
+
+# --------------------------------------------------------------------------- dry run
+def synthetic_counts(data_cfg) -> tuple[int, int, int] | None:
+    """(n_users, n_items, nnz) of a synthetic source straight from its config (no data built),
+    None for other sources."""
+    s = data_cfg.synthetic
+    if data_cfg.source == "synthetic-implicit":
+        return s.n_users, s.n_items, s.nnz
+    if data_cfg.source == "synthetic-explicit":
+        return s.n_users, s.n_items, int(round(s.density * s.n_users * s.n_items))
+    return None
+
+
+def estimate_file_ratings(path: str, probe: int = 1 << 16) -> int | None:
+    """Rough row count of a text ratings file (file size / mean length of its first lines);
+    None when ``path`` is not a plain file (a dataset name, Parquet, compressed)."""
+    if not os.path.isfile(path) or path.endswith((".parquet", ".gz", ".zip")):
+        return None
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(probe)
+    lines = max(1, head.count(b"\n"))
+    return int(size / (len(head) / lines))
+
+
+def dry_run_table(cfg, n_users: int, n_items: int, nnz: int,
+                  margin: int = DEFAULT_MARGIN) -> tuple[list[dict], str | None]:
+    """The rows ``tfmf train --dry-run`` prints, and the first misfit's message (or None)."""
+    budget = available_bytes() - margin
+    stages = estimate_run(cfg, n_users, n_items, nnz)
+    rows = [{"stage": what, "GB": b / GB, "fits": "yes" if b <= budget else "NO",
+             "shrink with": key} for what, b, key in stages]
+    return rows, first_misfit(stages, margin)
