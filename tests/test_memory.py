@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tfmf  # noqa: F401
-from tfmf import memory, registry
+from tfmf import dryrun, memory, registry
 from tfmf.config import load_config
 from tfmf.data.interactions import InteractionData
 from tfmf.errors import ConfigError, MemoryBudgetError
@@ -78,7 +78,7 @@ def test_every_registered_model_has_an_estimate():
         if name.startswith("_"):  # test-only models other test modules register
             continue
         cfg = load_config(raw={"model": {"name": name}})
-        stages = memory.estimate_run(cfg, 10_000, 5_000, 1_000_000)
+        stages = dryrun.estimate_run(cfg, 10_000, 5_000, 1_000_000)
         assert name in memory.MODEL_ESTIMATES
         assert [s for s, _, _ in stages][0] == "read ratings"
         assert all(b > 0 for _, b, _ in stages) and any(s.startswith("fit") for s, _, _ in stages)

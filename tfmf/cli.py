@@ -129,7 +129,7 @@ def cmd_data_inspect(args) -> int:
 def cmd_train_dry_run(args) -> int:
     """``tfmf train --dry-run``: memory estimates per stage (tfmf.memory), no training; exits
     2 with the preflight message when a stage does not fit."""
-    from tfmf import memory, runner
+    from tfmf import dryrun, memory, runner
     from tfmf.errors import MemoryBudgetError
     from tfmf.tables import format_table
 
@@ -137,16 +137,16 @@ def cmd_train_dry_run(args) -> int:
     if path is None:
         raise CliError("train --dry-run needs --config FILE (or --resume RUN_DIR)")
     cfg = _load_config(args, path)
-    counts, how = memory.synthetic_counts(cfg.data), "from the config"
+    counts, how = dryrun.synthetic_counts(cfg.data), "from the config"
     if counts is None:
-        guess = memory.estimate_file_ratings(cfg.data.source)
+        guess = dryrun.estimate_file_ratings(cfg.data.source)
         if guess is not None:  # a big file: check that reading it fits before reading it
             memory.preflight(memory.data_bytes(guess), f"reading ~{guess:,} ratings from "
                              f"{cfg.data.source}", "data.source")
         data = runner.load_data(cfg)
         counts, how = (data.n_users, data.n_items, data.nnz), "loaded"
     n_users, n_items, nnz = counts
-    rows, misfit = memory.dry_run_table(cfg, n_users, n_items, nnz)
+    rows, misfit = dryrun.dry_run_table(cfg, n_users, n_items, nnz)
     print(f"dry run: {cfg.model_name} on {cfg.data.source}: {n_users:,} users, {n_items:,} "
           f"items, {nnz:,} interactions ({how})")
     print(f"available: {memory.available_bytes() / memory.GB:.1f} GB minus a "

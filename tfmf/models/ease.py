@@ -257,7 +257,8 @@ class EASE(Recommender):
         self._remember_training_data(train)
         c = self.config
         solver = resolve_solver(c.solver)
-        memory.preflight(memory.ease_fit_bytes(train.n_items, c.dtype, solver, train.nnz),
+        memory.preflight(memory.ease_fit_bytes(train.n_items, c.dtype, solver, train.nnz,
+                                               DENSE_USER_SHARE),
                          f"EASE fit ({train.n_items:,} items, {c.dtype}, solver {solver})",
                          memory.ease_key(c.dtype))
         g = item_gram(self._prepare(self._seen), c.dtype, c.l2)
