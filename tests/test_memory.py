@@ -79,7 +79,7 @@ def test_every_registered_model_has_an_estimate():
             continue
         cfg = load_config(raw={"model": {"name": name}})
         stages = dryrun.estimate_run(cfg, 10_000, 5_000, 1_000_000)
-        assert name in memory.MODEL_ESTIMATES
+        assert name in dryrun.MODEL_ESTIMATES
         assert [s for s, _, _ in stages][0] == "read ratings"
         assert all(b > 0 for _, b, _ in stages) and any(s.startswith("fit") for s, _, _ in stages)
 
