@@ -30,8 +30,9 @@ def woodbury_columns(x: np.ndarray, lam: float, cols: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_ease_at_16000_items_completes_and_matches_woodbury(solver="auto"):
-    """The default CPU solver (the lapack one's single-threaded potrf/potri at 20k items is
-    exercised by the speed-ease suite; both at small n by tests/test_ease.py)."""
+    """The default CPU solver: single-threaded potrf/potri, the calls that segfaulted threaded
+    (the blocked solver runs at 20k items in the speed-ease suite; every solver at small n in
+    tests/test_ease.py)."""
     rng = np.random.default_rng(0)
     # Every user touched ~15% of the items: dense Gram, and the dense-user assembly path.
     x = rng.random((N_USERS, N_ITEMS)) < 0.15

@@ -3,7 +3,7 @@
 Every estimate is in bytes and names the config key that shrinks it, so a run that cannot fit
 stops *before* allocating, with a message such as::
 
-    EASE fit (20,108 items, float64, solver blocked) needs 4.9 GB but 3.1 GB are available
+    EASE fit (20,108 items, float64, solver lapack) needs 4.9 GB but 3.1 GB are available
     (psutil available memory minus a 1.0 GB margin); change model.dtype: float32 ...
 
 instead of being killed by the kernel or crashing half-way. The estimates are deliberately
