@@ -543,6 +543,7 @@ class ALSSolver:
         self.items = _Side(items, i0, i1, row_regularization(items, regularization,
                                                              weighted_lambda, alpha), chunks)
         self._loss_cache = None
+        self._synced: set[str] = set()
 
     # Backwards-compatible views (single process: the whole sides).
     @property
@@ -590,6 +591,14 @@ class ALSSolver:
 
     def _half_step(self, side: _Side, other_side: _Side, rows, row_bias, other, other_bias,
                    name: str, with_loss: bool):
+        if self.dist.size > 1 and name not in self._synced:
+            # Every rank must start from rank 0's factors (initialisations may differ).
+            rows, other = (self.dist.broadcast(self._design(x, b), f"als_start_{name}{k}")
+                           for k, (x, b) in enumerate(((rows, row_bias), (other, other_bias))))
+            if self.biased:
+                rows, row_bias, other, other_bias = (rows[:, 1:], rows[:, 0], other[:, 1:],
+                                                     other[:, 0])
+            self._synced.add(name)  # once per half-step kind (its warm start too)
         design, offset = self._other(other, other_bias)
         gramian = self._gramian(design, other_side, f"als_gram_{name}")
         x0 = self._design(rows, row_bias)[side.start:side.stop]

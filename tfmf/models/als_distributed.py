@@ -76,3 +76,11 @@ class Group:
         import horovod.tensorflow as hvd
 
         return hvd.allreduce(x, op=hvd.Sum, name=name)
+
+    def broadcast(self, x: tf.Tensor, name: str) -> tf.Tensor:
+        """Rank 0's ``x`` on every rank (``x`` in one process)."""
+        if self.size == 1:
+            return x
+        import horovod.tensorflow as hvd
+
+        return hvd.broadcast(x, root_rank=0, name=name)
