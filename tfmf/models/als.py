@@ -277,7 +277,6 @@ def block_rows(m: sp.csr_matrix, max_entries: int = _BLOCK_ENTRIES) -> list[RowB
 
 
 # --------------------------------------------------------------------------- TF kernels
-@tf.function(reduce_retracing=True)
 def _chunk_system(other, offset, cols, vals, mask, alpha, implicit: bool):
     """Gathered design [n, L, d], per-entry Gram weights a [n, L] and targets t [n, L]."""
     design = tf.gather(other, cols) * mask[..., None]
@@ -290,7 +289,6 @@ def _chunk_system(other, offset, cols, vals, mask, alpha, implicit: bool):
     return design, a, t
 
 
-@tf.function(reduce_retracing=True)
 def _solve_chunk_cholesky(other, offset, gramian, lam, cols, vals, mask, alpha, implicit: bool):
     design, a, t = _chunk_system(other, offset, cols, vals, mask, alpha, implicit)
     d = tf.shape(other)[1]
@@ -301,7 +299,6 @@ def _solve_chunk_cholesky(other, offset, gramian, lam, cols, vals, mask, alpha, 
     return tf.squeeze(tf.linalg.cholesky_solve(tf.linalg.cholesky(lhs), rhs), -1)
 
 
-@tf.function(reduce_retracing=True)
 def _solve_block_cg(other, offset, gramian, lam, seg, cols, vals, x0, alpha, steps: int,
                     implicit: bool, with_loss: bool):
     """``steps`` CG steps from ``x0`` for the rows of one flat block, matrix-free.
@@ -364,7 +361,6 @@ def _observed_loss(pred, a, t, implicit: bool):
     return tf.reduce_sum(tf.square(t - pred))
 
 
-@tf.function(reduce_retracing=True)
 def _block_loss_terms(rows, other, offset, seg, cols, vals, alpha, implicit: bool):
     """(observed-entry loss, sum of squared observed scores) of one flat block of rows."""
     pred = tf.reduce_sum(tf.gather(other, cols) * tf.gather(rows, seg), axis=1)
@@ -374,6 +370,31 @@ def _block_loss_terms(rows, other, offset, seg, cols, vals, alpha, implicit: boo
     else:
         a, t = tf.ones_like(vals), vals - tf.gather(offset, cols)
     return _observed_loss(pred, a, t, implicit), tf.reduce_sum(tf.square(pred))
+
+
+_F32, _I32 = tf.float32, tf.int32
+#: Input signatures with unknown sizes: each kernel is traced once per static variant for the
+#: whole process (every chunk, block, fold and fit), never per shape.
+_SIGNATURES = {
+    "cholesky": [((None, None), _F32), ((None,), _F32), ((None, None), _F32), ((None,), _F32),
+                 ((None, None), _I32), ((None, None), _F32), ((None, None), _F32), ((), _F32)],
+    "cg": [((None, None), _F32), ((None,), _F32), ((None, None), _F32), ((None,), _F32),
+           ((None,), _I32), ((None,), _I32), ((None,), _F32), ((None, None), _F32), ((), _F32)],
+    "loss": [((None, None), _F32), ((None, None), _F32), ((None,), _F32), ((None,), _I32),
+             ((None,), _I32), ((None,), _F32), ((), _F32)],
+}
+_KERNELS = {"cholesky": _solve_chunk_cholesky, "cg": _solve_block_cg, "loss": _block_loss_terms}
+_TRACED: dict = {}
+
+
+def _kernel(kind: str, **static):
+    """The traced kernel ``kind`` for the static (Python) arguments ``static``."""
+    key = (kind, tuple(sorted(static.items())))
+    if key not in _TRACED:
+        fn = _KERNELS[kind]
+        sig = [tf.TensorSpec(shape, dtype) for shape, dtype in _SIGNATURES[kind]]
+        _TRACED[key] = tf.function(lambda *args: fn(*args, **static), input_signature=sig)
+    return _TRACED[key]
 
 
 def solve_rows(chunks: list[RowChunk] | None, other, lam: np.ndarray, *, n_rows: int,
@@ -425,7 +446,7 @@ def solve_rows(chunks: list[RowChunk] | None, other, lam: np.ndarray, *, n_rows:
     parts = []
     for c in chunks:
         args = (other, offset, gramian, tf.constant(lam[c.rows]), *c.tensors(), alpha_t)
-        parts.append(_solve_chunk_cholesky(*args, implicit=implicit))
+        parts.append(_kernel("cholesky", implicit=implicit)(*args))
     return gather_rows_back(parts, chunks, n_rows, d)
 
 
@@ -434,10 +455,10 @@ def _solve_blocks_cg(blocks, other, offset, gramian, lam, x0, alpha_t, cg_steps,
     """CG over every block; (x [rows, d], observed loss, squared scores) with loss terms
     summed on the device (one host sync for the whole half-step, by the caller)."""
     parts, observed, squared = [], 0.0, 0.0
+    kernel = _kernel("cg", steps=int(cg_steps), implicit=implicit, with_loss=with_loss)
     for b in blocks:
-        x, o, s = _solve_block_cg(other, offset, gramian, lam[b.start:b.stop], *b.tensors(),
-                                  x0[b.start:b.stop], alpha_t, cg_steps, implicit=implicit,
-                                  with_loss=with_loss)
+        x, o, s = kernel(other, offset, gramian, lam[b.start:b.stop], *b.tensors(),
+                         x0[b.start:b.stop], alpha_t)
         parts.append(x)
         observed, squared = observed + o, squared + s
     x = parts[0] if len(parts) == 1 else tf.concat(parts, 0)
@@ -675,11 +696,10 @@ class ALSSolver:
         else:
             alpha = tf.constant(self.alpha or 0.0, tf.float32)
             observed = squared = tf.constant(0.0, tf.float32)
+            loss_kernel = _kernel("loss", implicit=self.alpha is not None)
             for b in self.users.blocks:
-                o, s = _block_loss_terms(rows[self.users.start + b.start:
-                                              self.users.start + b.stop],
-                                         other, offset, *b.tensors(), alpha,
-                                         implicit=self.alpha is not None)
+                own = rows[self.users.start + b.start:self.users.start + b.stop]
+                o, s = loss_kernel(own, other, offset, *b.tensors(), alpha)
                 observed, squared = observed + o, squared + s
         items = self._design(V, bi)
         own_u = rows[self.users.start:self.users.stop]
