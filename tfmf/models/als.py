@@ -6,13 +6,24 @@ system
 
     (G + sum_j a_uj y_j y_j^T + lambda_u I) x_u = sum_j t_uj y_j
 
-over the row's observed entries ``j`` with fixed factors ``y`` of the other side, for all rows
-of a chunk at once (``tf.linalg.cholesky`` / ``cholesky_solve`` on ``[n, d, d]``, or a few
-warm-started conjugate-gradient steps that never form the matrices). The data never becomes
-a dense users x items matrix: rows are grouped by length (powers of two) and cut into chunks
-of at most ``chunk_size`` rows, each padded only to its own longest row (less than 2x
-padding; memory is bounded by the chunk, not by the data). The per-row Gram matrices are one
-batched matmul of the gathered, padded factors of a chunk.
+over the row's observed entries ``j`` with fixed factors ``y`` of the other side. The data
+never becomes a dense users x items matrix. Two solvers:
+
+* ``cholesky`` (exact): rows are grouped by length (powers of two) and cut into chunks of at
+  most ``chunk_size`` rows, each padded only to its own longest row (less than 2x padding);
+  a chunk's Gram matrices are one batched matmul of its gathered, padded factors, then
+  ``tf.linalg.cholesky`` / ``cholesky_solve`` on ``[n, d, d]``. O(nnz d^2 + n d^3).
+* ``cg`` (``cg_steps`` warm-started conjugate-gradient steps, matrix-free, as the implicit
+  library's default): ``A p`` is a per-entry dot product ``y_j . p_u`` and a sorted segment
+  sum back to the rows, over flat blocks of contiguous CSR rows (no padding, at most 2^19
+  entries a block, so one call per half-step at ML-100K). O(nnz d) per step. The steps are
+  unrolled into one traced call per block: at small scales a half-step costs the ops it
+  dispatches, not their arithmetic (profile: docs/profiles/ials.txt). The item step also
+  returns the observed-entry loss of its result, so the sweep's loss needs no extra pass.
+
+Every kernel is traced once per process (input signatures with unknown sizes), for every
+chunk, block, fold and fit. Under Horovod the rows are split over ranks
+(:mod:`tfmf.models.als_distributed`).
 
 * Explicit ALS (Zhou et al. 2008): ``G = 0``, ``a = 1``, ``t = r - offset``. Biased ALS
   solves for ``[bias, factors]`` against ``[1, y_j]`` (an augmented column of ones) with
@@ -32,6 +43,7 @@ the plain ``lambda``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -393,7 +405,9 @@ def _kernel(kind: str, **static):
     if key not in _TRACED:
         fn = _KERNELS[kind]
         sig = [tf.TensorSpec(shape, dtype) for shape, dtype in _SIGNATURES[kind]]
-        _TRACED[key] = tf.function(lambda *args: fn(*args, **static), input_signature=sig)
+        # No autograph: the kernels' only branches and loops are on Python values.
+        _TRACED[key] = tf.function(functools.partial(fn, **static), input_signature=sig,
+                                   autograph=False)
     return _TRACED[key]
 
 
