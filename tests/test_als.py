@@ -131,6 +131,92 @@ def test_cg_converges_to_the_cholesky_solution(alpha):
     assert errors[-1] < 1e-3
 
 
+def test_block_rows_cover_every_row_once_within_the_budget():
+    m = _matrix(40, 30, density=0.4)
+    m.sort_indices()
+    blocks = als.block_rows(m, max_entries=25)
+    assert blocks[0].start == 0 and blocks[-1].stop == 40
+    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+    for b in blocks:
+        assert len(b.cols) <= 25 or b.stop - b.start == 1  # only a lone long row may exceed
+        rebuilt = sp.csr_matrix((b.vals, (b.seg, b.cols)), shape=(b.stop - b.start, 30))
+        np.testing.assert_array_equal(rebuilt.toarray(), m[b.start:b.stop].toarray())
+    assert len(als.block_rows(sp.csr_matrix((0, 5), dtype=np.float32))) == 1
+
+
+@pytest.mark.parametrize("alpha,biased", [(None, False), (None, True), (2.0, False)])
+def test_cg_with_enough_steps_equals_the_dense_numpy_solve(alpha, biased):
+    """Flat-block CG (several blocks, warm start) against a dense solve of the normal equations."""
+    m = _matrix(30, 20, values=(1, 4))
+    rng = np.random.default_rng(6)
+    k = 3
+    V = (0.5 * rng.standard_normal((20, k))).astype(np.float32)
+    bi = rng.standard_normal(20).astype(np.float32) if biased else None
+    x0 = rng.standard_normal((30, k)).astype(np.float32)
+    b0 = rng.standard_normal(30).astype(np.float32) if biased else None
+    s = als.ALSSolver(m, regularization=0.2, weighted_lambda=True, alpha=alpha, biased=biased,
+                      mu=1.5 if biased else 0.0, solver="cg", cg_steps=12)
+    s.users.blocks = als.block_rows(m, max_entries=40)  # several blocks
+    assert len(s.users.blocks) > 3
+    U, bu = s.user_step(x0, V, b0, bi)
+    D = m.toarray().astype(np.float64)
+    X = np.hstack([np.ones((20, 1)), V]) if biased else V.astype(np.float64)
+    for u in range(30):
+        seen = D[u] != 0
+        if alpha is None:
+            t = D[u, seen] - (1.5 + bi[seen] if biased else 0.0)
+            want = _dense_ridge(X[seen].T @ X[seen], X[seen].T @ t, 0.2 * max(seen.sum(), 1))
+        else:
+            c = 1.0 + alpha * D[u]
+            want = _dense_ridge(X.T @ (c[:, None] * X), X.T @ (c * seen), 0.2 * c.sum())
+        got = np.concatenate([[bu[u]], U[u]]) if biased else U[u]
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("alpha,biased", [(None, True), (3.0, False)])
+def test_losses_from_the_item_step_equal_a_fresh_pass(alpha, biased):
+    m = _matrix(30, 20, values=(1, 4))
+    rng = np.random.default_rng(7)
+    kw = dict(regularization=0.1, weighted_lambda=False, alpha=alpha, biased=biased,
+              mu=2.0 if biased else 0.0)
+    s = als.ALSSolver(m, solver="cg", **kw)
+    U = (0.3 * rng.standard_normal((30, 4))).astype(np.float32)
+    V = (0.3 * rng.standard_normal((20, 4))).astype(np.float32)
+    bu = np.zeros(30, np.float32) if biased else None
+    bi = np.zeros(20, np.float32) if biased else None
+    U, bu = s.user_step(U, V, bu, bi)
+    V, bi = s.item_step(U, V, bu, bi)
+    cached = s.losses(U, V, bu, bi)
+    fresh = als.ALSSolver(m, solver="cholesky", **kw).losses(U, V, bu, bi)
+    assert cached.keys() == fresh.keys()
+    for key in cached:
+        np.testing.assert_allclose(cached[key], fresh[key], rtol=1e-4)
+    # The dense objective itself.
+    D = m.toarray().astype(np.float64)
+    Un, Vn = np.asarray(U, np.float64), np.asarray(V, np.float64)
+    P = Un @ Vn.T
+    if biased:
+        P += 2.0 + np.asarray(bu)[:, None] + np.asarray(bi)[None]
+        data = ((D - P)[D != 0] ** 2).sum()
+    else:
+        data = ((1 + alpha * D) * ((D != 0) - P) ** 2).sum()
+    l2 = 0.1 * ((Un ** 2).sum() + (Vn ** 2).sum())
+    if biased:
+        l2 += 0.1 * ((np.asarray(bu) ** 2).sum() + (np.asarray(bi) ** 2).sum())
+    np.testing.assert_allclose(cached["loss"], (data + l2) / m.nnz, rtol=1e-4)
+
+
+def test_row_ranges_are_contiguous_balanced_and_cover_all_rows():
+    from tfmf.models.als_distributed import Group
+
+    indptr = np.concatenate([[0], np.cumsum([50, 0, 0, 1, 1, 1, 1, 30, 2, 2, 0, 0])])
+    for size in (1, 2, 3, 5):
+        ranges = [Group(r, size).own_range(indptr) for r in range(size)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == 12
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert Group(0, 2).ranges(np.zeros(1, np.int64)) == [(0, 0), (0, 0)]
+
+
 # ------------------------------------------------------------------------------ models
 def test_als_objective_never_increases_and_rmse_drops(ratings):
     train, test = ratings

@@ -6,13 +6,24 @@ system
 
     (G + sum_j a_uj y_j y_j^T + lambda_u I) x_u = sum_j t_uj y_j
 
-over the row's observed entries ``j`` with fixed factors ``y`` of the other side, for all rows
-of a chunk at once (``tf.linalg.cholesky`` / ``cholesky_solve`` on ``[n, d, d]``, or a few
-warm-started conjugate-gradient steps that never form the matrices). The data never becomes
-a dense users x items matrix: rows are grouped by length (powers of two) and cut into chunks
-of at most ``chunk_size`` rows, each padded only to its own longest row (less than 2x
-padding; memory is bounded by the chunk, not by the data). The per-row Gram matrices are one
-batched matmul of the gathered, padded factors of a chunk.
+over the row's observed entries ``j`` with fixed factors ``y`` of the other side. The data
+never becomes a dense users x items matrix. Two solvers:
+
+* ``cholesky`` (exact): rows are grouped by length (powers of two) and cut into chunks of at
+  most ``chunk_size`` rows, each padded only to its own longest row (less than 2x padding);
+  a chunk's Gram matrices are one batched matmul of its gathered, padded factors, then
+  ``tf.linalg.cholesky`` / ``cholesky_solve`` on ``[n, d, d]``. O(nnz d^2 + n d^3).
+* ``cg`` (``cg_steps`` warm-started conjugate-gradient steps, matrix-free, as the implicit
+  library's default): ``A p`` is a per-entry dot product ``y_j . p_u`` and a sorted segment
+  sum back to the rows, over flat blocks of contiguous CSR rows (no padding, at most 2^19
+  entries a block, so one call per half-step at ML-100K). O(nnz d) per step. The steps are
+  unrolled into one traced call per block: at small scales a half-step costs the ops it
+  dispatches, not their arithmetic (profile: docs/profiles/ials.txt). The item step also
+  returns the observed-entry loss of its result, so the sweep's loss needs no extra pass.
+
+Every kernel is traced once per process (input signatures with unknown sizes), for every
+chunk, block, fold and fit. Under Horovod the rows are split over ranks
+(:mod:`tfmf.models.als_distributed`).
 
 * Explicit ALS (Zhou et al. 2008): ``G = 0``, ``a = 1``, ``t = r - offset``. Biased ALS
   solves for ``[bias, factors]`` against ``[1, y_j]`` (an augmented column of ones) with
@@ -32,6 +43,7 @@ the plain ``lambda``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -216,8 +228,68 @@ def row_regularization(m: sp.csr_matrix, regularization: float, weighted: bool,
     return (regularization * weight).astype(np.float32)
 
 
+# --------------------------------------------------------------------------- flat row blocks
+#: Most observed entries per flat block: bounds the few [entries, d] temporaries of a CG
+#: call (~0.5 GB at d = 64) while keeping the calls per half-step few (one at ML-100K).
+_BLOCK_ENTRIES = 1 << 19
+
+
+@dataclass
+class RowBlock:
+    """Contiguous CSR rows ``[start, stop)`` as their flat observed entries (no padding).
+
+    Attributes:
+      start, stop: the block's rows of the matrix it was cut from.
+      seg: int32 [e] row of each entry within the block (0 .. stop - start - 1), sorted.
+      cols: int32 [e] column indices.
+      vals: float32 [e] values.
+    """
+
+    start: int
+    stop: int
+    seg: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+    _tensors: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def tensors(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(seg, cols, vals) as TF constants, uploaded once and reused every half-step."""
+        if self._tensors is None:
+            self._tensors = (tf.constant(self.seg), tf.constant(self.cols),
+                             tf.constant(self.vals))
+        return self._tensors
+
+
+def block_rows(m: sp.csr_matrix, max_entries: int = _BLOCK_ENTRIES) -> list[RowBlock]:
+    """Cuts the rows of ``m`` into contiguous blocks of at most ``max_entries`` entries.
+
+    A row longer than ``max_entries`` gets a block of its own. Every row (empty ones too) is
+    in exactly one block; blocks are in row order.
+
+    Args:
+      m: CSR matrix [n_rows, n_cols] with sorted indices.
+      max_entries: most observed entries per block.
+
+    Returns:
+      The blocks (one empty block for a matrix without rows).
+    """
+    indptr = np.asarray(m.indptr, np.int64)
+    n = m.shape[0]
+    blocks, start = [], 0
+    while start < n or not blocks:
+        stop = int(np.searchsorted(indptr, indptr[start] + max_entries, side="right")) - 1
+        stop = min(n, max(stop, start + 1))
+        lo, hi = indptr[start], indptr[stop]
+        seg = np.repeat(np.arange(stop - start, dtype=np.int32), np.diff(indptr[start:stop + 1]))
+        blocks.append(RowBlock(start, stop, seg, m.indices[lo:hi].astype(np.int32),
+                               m.data[lo:hi].astype(np.float32)))
+        start = stop
+        if n == 0:
+            break
+    return blocks
+
+
 # --------------------------------------------------------------------------- TF kernels
-@tf.function(reduce_retracing=True)
 def _chunk_system(other, offset, cols, vals, mask, alpha, implicit: bool):
     """Gathered design [n, L, d], per-entry Gram weights a [n, L] and targets t [n, L]."""
     design = tf.gather(other, cols) * mask[..., None]
@@ -230,7 +302,6 @@ def _chunk_system(other, offset, cols, vals, mask, alpha, implicit: bool):
     return design, a, t
 
 
-@tf.function(reduce_retracing=True)
 def _solve_chunk_cholesky(other, offset, gramian, lam, cols, vals, mask, alpha, implicit: bool):
     design, a, t = _chunk_system(other, offset, cols, vals, mask, alpha, implicit)
     d = tf.shape(other)[1]
@@ -241,39 +312,118 @@ def _solve_chunk_cholesky(other, offset, gramian, lam, cols, vals, mask, alpha, 
     return tf.squeeze(tf.linalg.cholesky_solve(tf.linalg.cholesky(lhs), rhs), -1)
 
 
-@tf.function(reduce_retracing=True)
-def _solve_chunk_cg(other, offset, gramian, lam, cols, vals, mask, alpha, x0, steps,
-                    implicit: bool):
-    design, a, t = _chunk_system(other, offset, cols, vals, mask, alpha, implicit)
+def _solve_block_cg(other, offset, gramian, lam, seg, cols, vals, x0, alpha, steps: int,
+                    implicit: bool, with_loss: bool):
+    """``steps`` CG steps from ``x0`` for the rows of one flat block, matrix-free.
 
-    def matvec(p):  # A p without forming A: G p + sum_j a_j (y_j . p) y_j + lambda p
-        proj = tf.einsum("nld,nd->nl", design, p) * a
-        return tf.matmul(p, gramian) + tf.einsum("nl,nld->nd", proj, design) + lam[:, None] * p
+    ``A p = G p + sum_j a_j (y_j . p) y_j + lambda p`` is two passes over the block's gathered
+    design rows ``y_j`` (a per-entry dot product, then a sorted segment sum back to rows);
+    ``b - A x0`` is fused into one such pair, and the steps are unrolled (``steps`` is a
+    Python int), so a block is one call of a few dozen large ops: at small scales the cost of
+    a half-step is the number of ops dispatched, not their arithmetic.
 
-    b = tf.einsum("nl,nld->nd", t, design)
+    Returns:
+      (x [n, d], observed loss, sum of squared observed scores): the loss terms of the new
+      ``x`` (zeros unless ``with_loss``), so the sweep's loss needs no extra pass.
+    """
+    n = tf.shape(x0)[0]
+    design = tf.gather(other, cols)
+    if implicit:
+        a = alpha * vals
+        t = 1.0 + a
+    else:
+        a = tf.ones_like(vals)
+        t = vals - tf.gather(offset, cols)
+
+    def proj(p):  # y_j . p_row(j) per entry
+        return tf.reduce_sum(design * tf.gather(p, seg), axis=1)
+
+    def back(w):  # sum_j w_j y_j per row (empty trailing rows padded with zeros)
+        s = tf.math.segment_sum(w[:, None] * design, seg)
+        return tf.pad(s, [[0, n - tf.shape(s)[0]], [0, 0]])
+
+    def ridge(p):
+        out = lam[:, None] * p
+        return out + tf.matmul(p, gramian) if implicit else out
+
+    tiny = tf.constant(1e-20, other.dtype)
     x = x0
-    r = b - matvec(x)
+    r = back(t - a * proj(x)) - ridge(x)
     p = r
     rs = tf.reduce_sum(r * r, axis=1, keepdims=True)
-    tiny = tf.constant(1e-20, other.dtype)
-    for _ in tf.range(steps):
-        ap = matvec(p)
+    for k in range(steps):
+        ap = back(a * proj(p)) + ridge(p)
         step = rs / tf.maximum(tf.reduce_sum(p * ap, axis=1, keepdims=True), tiny)
         x += step * p
-        r -= step * ap
-        rs_new = tf.reduce_sum(r * r, axis=1, keepdims=True)
-        p = r + rs_new / tf.maximum(rs, tiny) * p
-        rs = rs_new
-    return x
+        if k + 1 < steps:
+            r -= step * ap
+            rs_new = tf.reduce_sum(r * r, axis=1, keepdims=True)
+            p = r + rs_new / tf.maximum(rs, tiny) * p
+            rs = rs_new
+    observed = squared = tf.constant(0.0, other.dtype)
+    if with_loss:
+        pred = proj(x)
+        observed = _observed_loss(pred, a, t, implicit)
+        squared = tf.reduce_sum(tf.square(pred))
+    return x, observed, squared
 
 
-def solve_rows(chunks: list[RowChunk], other, lam: np.ndarray, *, n_rows: int,
+def _observed_loss(pred, a, t, implicit: bool):
+    if implicit:  # confidence 1 + a, preference 1 (t = 1 + a)
+        return tf.reduce_sum((1.0 + a) * tf.square(1.0 - pred))
+    return tf.reduce_sum(tf.square(t - pred))
+
+
+def _block_loss_terms(rows, other, offset, seg, cols, vals, alpha, implicit: bool):
+    """(observed-entry loss, sum of squared observed scores) of one flat block of rows."""
+    pred = tf.reduce_sum(tf.gather(other, cols) * tf.gather(rows, seg), axis=1)
+    if implicit:
+        a = alpha * vals
+        t = 1.0 + a
+    else:
+        a, t = tf.ones_like(vals), vals - tf.gather(offset, cols)
+    return _observed_loss(pred, a, t, implicit), tf.reduce_sum(tf.square(pred))
+
+
+_F32, _I32 = tf.float32, tf.int32
+#: Input signatures with unknown sizes: each kernel is traced once per static variant for the
+#: whole process (every chunk, block, fold and fit), never per shape.
+_SIGNATURES = {
+    "cholesky": [((None, None), _F32), ((None,), _F32), ((None, None), _F32), ((None,), _F32),
+                 ((None, None), _I32), ((None, None), _F32), ((None, None), _F32), ((), _F32)],
+    "cg": [((None, None), _F32), ((None,), _F32), ((None, None), _F32), ((None,), _F32),
+           ((None,), _I32), ((None,), _I32), ((None,), _F32), ((None, None), _F32), ((), _F32)],
+    "loss": [((None, None), _F32), ((None, None), _F32), ((None,), _F32), ((None,), _I32),
+             ((None,), _I32), ((None,), _F32), ((), _F32)],
+}
+_KERNELS = {"cholesky": _solve_chunk_cholesky, "cg": _solve_block_cg, "loss": _block_loss_terms}
+_TRACED: dict = {}
+
+
+def _kernel(kind: str, **static):
+    """The traced kernel ``kind`` for the static (Python) arguments ``static``."""
+    key = (kind, tuple(sorted(static.items())))
+    if key not in _TRACED:
+        fn = _KERNELS[kind]
+        sig = [tf.TensorSpec(shape, dtype) for shape, dtype in _SIGNATURES[kind]]
+        # No autograph: the kernels' only branches and loops are on Python values.
+        _TRACED[key] = tf.function(functools.partial(fn, **static), input_signature=sig,
+                                   autograph=False)
+    return _TRACED[key]
+
+
+def solve_rows(chunks: list[RowChunk] | None, other, lam: np.ndarray, *, n_rows: int,
                offset=None, alpha: float | None = None, solver: str = "cholesky",
-               x0=None, cg_steps: int = 3) -> tf.Tensor:
+               x0=None, cg_steps: int = 3, blocks: list[RowBlock] | None = None,
+               gramian=None) -> tf.Tensor:
     """One ALS half-step: every row's ridge solution against fixed ``other`` factors.
 
+    Cholesky assembles each row's system over padded ``chunks`` (batched matmuls); CG runs
+    matrix-free over flat ``blocks`` (built from ``chunks`` when not given).
+
     Args:
-      chunks: the rows' observed entries, from :func:`chunk_rows`.
+      chunks: the rows' observed entries, from :func:`chunk_rows` (cholesky; may be None for
+        cg when ``blocks`` are given).
       other: float32 [n_cols, d] fixed design rows y_j (with a leading ones column for
         biased ALS).
       lam: float32 [n_rows] lambda_u (see :func:`row_regularization`).
@@ -284,32 +434,61 @@ def solve_rows(chunks: list[RowChunk], other, lam: np.ndarray, *, n_rows: int,
       solver: "cholesky" or "cg".
       x0: float32 [n_rows, d] warm start for CG (None: zeros).
       cg_steps: CG steps.
+      blocks: the rows as flat blocks (:func:`block_rows`) for cg.
+      gramian: float32 [d, d] ``other^T other`` when already known (iALS); None: computed.
 
     Returns:
       float32 [n_rows, d] solutions.
     """
+    if solver not in ("cholesky", "cg"):
+        raise ValueError(f"solver must be cholesky or cg, got {solver!r}")
     other = tf.convert_to_tensor(other, tf.float32)
     d = int(other.shape[1])
     implicit = alpha is not None
-    gramian = (tf.matmul(other, other, transpose_a=True) if implicit
-               else tf.zeros((d, d), tf.float32))
+    if gramian is None:
+        gramian = (tf.matmul(other, other, transpose_a=True) if implicit
+                   else tf.zeros((d, d), tf.float32))
     offset = tf.zeros(other.shape[0], tf.float32) if offset is None else tf.convert_to_tensor(
         offset, tf.float32)
     alpha_t = tf.constant(0.0 if alpha is None else alpha, tf.float32)
-    if x0 is not None:
-        x0 = tf.convert_to_tensor(x0, tf.float32)
+    if solver == "cg":
+        if blocks is None:
+            blocks = block_rows(_chunks_to_csr(chunks, n_rows, int(other.shape[0])))
+        x0 = (tf.zeros((n_rows, d), tf.float32) if x0 is None
+              else tf.convert_to_tensor(x0, tf.float32))
+        return _solve_blocks_cg(blocks, other, offset, gramian, tf.constant(lam), x0, alpha_t, cg_steps,
+                                implicit, with_loss=False)[0]
     parts = []
     for c in chunks:
         args = (other, offset, gramian, tf.constant(lam[c.rows]), *c.tensors(), alpha_t)
-        if solver == "cholesky":
-            parts.append(_solve_chunk_cholesky(*args, implicit=implicit))
-        elif solver == "cg":
-            start = (tf.zeros((len(c.rows), d), tf.float32) if x0 is None
-                     else tf.gather(x0, c.rows))
-            parts.append(_solve_chunk_cg(*args, start, tf.constant(cg_steps), implicit=implicit))
-        else:
-            raise ValueError(f"solver must be cholesky or cg, got {solver!r}")
+        parts.append(_kernel("cholesky", implicit=implicit)(*args))
     return gather_rows_back(parts, chunks, n_rows, d)
+
+
+def _solve_blocks_cg(blocks, other, offset, gramian, lam, x0, alpha_t, cg_steps, implicit,
+                     with_loss):
+    """CG over every block; (x [rows, d], observed loss, squared scores) with loss terms
+    summed on the device (one host sync for the whole half-step, by the caller)."""
+    parts, observed, squared = [], 0.0, 0.0
+    kernel = _kernel("cg", steps=int(cg_steps), implicit=implicit, with_loss=with_loss)
+    for b in blocks:
+        x, o, s = kernel(other, offset, gramian, lam[b.start:b.stop], *b.tensors(),
+                         x0[b.start:b.stop], alpha_t)
+        parts.append(x)
+        observed, squared = observed + o, squared + s
+    x = parts[0] if len(parts) == 1 else tf.concat(parts, 0)
+    return x, observed, squared
+
+
+def _chunks_to_csr(chunks: list[RowChunk], n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """The CSR matrix that ``chunks`` were cut from (for callers passing only chunks)."""
+    rows = np.concatenate([np.repeat(c.rows, c.mask.shape[1]) for c in chunks] or [[]])
+    keep = np.concatenate([c.mask.ravel() > 0 for c in chunks] or [[]]).astype(bool)
+    cols = np.concatenate([c.cols.ravel() for c in chunks] or [[]])[keep]
+    vals = np.concatenate([c.vals.ravel() for c in chunks] or [[]])[keep]
+    m = sp.csr_matrix((vals, (rows[keep], cols)), shape=(n_rows, n_cols), dtype=np.float32)
+    m.sort_indices()
+    return m
 
 
 def gather_rows_back(parts: list[tf.Tensor], chunks: list[RowChunk], n_rows: int,
@@ -323,24 +502,34 @@ def gather_rows_back(parts: list[tf.Tensor], chunks: list[RowChunk], n_rows: int
     return tf.gather(tf.concat(parts, 0), inverse)
 
 
-@tf.function(reduce_retracing=True)
-def _chunk_loss_terms(rows, other, offset, cols, vals, mask, alpha, implicit: bool):
-    """(observed-entry loss, sum of squared observed scores) for one chunk of rows."""
-    design, a, t = _chunk_system(other, offset, cols, vals, mask, alpha, implicit)
-    pred = tf.einsum("nld,nd->nl", design, rows)
-    if implicit:
-        observed = tf.reduce_sum((1.0 + a) * tf.square(1.0 - pred) * mask)
-    else:
-        observed = tf.reduce_sum(tf.square(t - pred) * mask)
-    return observed, tf.reduce_sum(tf.square(pred) * mask)
-
-
 # --------------------------------------------------------------------------- the solver
+class _Side:
+    """One side's training rows as this process holds them: the rows ``[start, stop)`` of the
+    factor table it solves (all rows in one process, its own block under Horovod), as flat
+    blocks (CG, losses) and, for Cholesky, padded chunks."""
+
+    def __init__(self, m: sp.csr_matrix, start: int, stop: int, lam: np.ndarray,
+                 chunk_size: int | None):
+        self.start, self.stop = start, stop
+        self.lam = lam
+        self.lam_t = tf.constant(lam)
+        self.blocks = block_rows(m)
+        self.chunks = chunk_rows(m, chunk_size) if chunk_size else None
+
+
 class ALSSolver:
     """Alternating ridge solves on one training matrix (explicit, biased or implicit).
 
     Factors are float32 tensors; with ``biased`` every row's solution is ``[bias, factors]``
     against the other side's ``[1, factors]`` and ``offset = mu + other bias``.
+
+    Under Horovod (``distributed``), rank ``r`` of ``s`` owns a contiguous block of users and
+    one of items (balanced by observed entries), keeps only those users' rows (CSR) and those
+    items' columns of the training matrix, solves only its own rows and allgathers the
+    solutions, so every rank ends each half-step with the full factor table; the iALS
+    Gramian is the allreduced sum of the ranks' block Gramians and the loss terms are
+    allreduced too. The result equals the single-process solver's up to float32 summation
+    order.
 
     Args:
       train: CSR [n_users, n_items] of ratings (explicit) or interaction strengths r (implicit).
@@ -349,28 +538,65 @@ class ALSSolver:
       alpha: iALS confidence slope; None for explicit ALS.
       biased: learn biases (explicit only).
       mu: fixed global offset of explicit predictions (the training mean for biased ALS).
-      chunk_size: rows per batched solve.
+      chunk_size: rows per batched Cholesky solve.
       solver: "cholesky" or "cg".
       cg_steps: CG steps per half-step.
+      distributed: split the rows over Horovod ranks; None: when
+        :func:`tfmf.distributed.is_distributed`.
     """
 
     def __init__(self, train: sp.csr_matrix, *, regularization: float, weighted_lambda: bool,
                  alpha: float | None = None, biased: bool = False, mu: float = 0.0,
-                 chunk_size: int = 1024, solver: str = "cholesky", cg_steps: int = 3):
+                 chunk_size: int = 1024, solver: str = "cholesky", cg_steps: int = 3,
+                 distributed: bool | None = None):
         if alpha is not None and biased:
             raise ValueError("biased ALS is for explicit ratings (alpha must be None)")
+        if solver not in ("cholesky", "cg"):
+            raise ValueError(f"solver must be cholesky or cg, got {solver!r}")
+        from tfmf.models import als_distributed as dist
+
+        self.dist = dist.Group.current() if distributed is None else dist.Group.make(
+            distributed)
         train = sp.csr_matrix(train, dtype=np.float32)
         train.sort_indices()
-        by_item = train.T.tocsr()
-        by_item.sort_indices()
+        self.n_users, self.n_items = train.shape
         self.nnz = train.nnz
         self.alpha, self.biased, self.mu = alpha, biased, float(mu)
         self.solver, self.cg_steps = solver, cg_steps
         self._reg, self._weighted, self._chunk_size = regularization, weighted_lambda, chunk_size
-        self.user_chunks = chunk_rows(train, chunk_size)
-        self.item_chunks = chunk_rows(by_item, chunk_size)
-        self.user_lam = row_regularization(train, regularization, weighted_lambda, alpha)
-        self.item_lam = row_regularization(by_item, regularization, weighted_lambda, alpha)
+        u0, u1 = self.dist.own_range(np.asarray(train.indptr))
+        item_counts = np.bincount(train.indices, minlength=self.n_items)
+        i0, i1 = self.dist.own_range(np.concatenate([[0], np.cumsum(item_counts)]))
+        users = train[u0:u1] if self.dist.size > 1 else train
+        # This rank's items' columns as rows; the full matrix is not kept (caller's copy).
+        items = (train[:, i0:i1] if self.dist.size > 1 else train).T.tocsr()
+        del train
+        users.sort_indices()
+        items.sort_indices()
+        chunks = chunk_size if solver == "cholesky" else None
+        self.users = _Side(users, u0, u1, row_regularization(users, regularization,
+                                                             weighted_lambda, alpha), chunks)
+        self.items = _Side(items, i0, i1, row_regularization(items, regularization,
+                                                             weighted_lambda, alpha), chunks)
+        self._loss_cache = None
+        self._synced: set[str] = set()
+
+    # Backwards-compatible views (single process: the whole sides).
+    @property
+    def user_chunks(self) -> list[RowChunk] | None:
+        return self.users.chunks
+
+    @property
+    def item_chunks(self) -> list[RowChunk] | None:
+        return self.items.chunks
+
+    @property
+    def user_lam(self) -> np.ndarray:
+        return self.users.lam
+
+    @property
+    def item_lam(self) -> np.ndarray:
+        return self.items.lam
 
     def _design(self, factors, bias):
         """Rows as solved/used: [bias, factors] when biased, else factors."""
@@ -388,36 +614,84 @@ class ALSSolver:
         return tf.concat([ones, factors], axis=1), self.mu + tf.cast(tf.reshape(bias, [-1]),
                                                                      tf.float32)
 
-    def _half_step(self, chunks, lam, rows, row_bias, other, other_bias):
+    def _gramian(self, design, other_side: _Side, name: str):
+        """``design^T design`` of the fixed side (iALS): under Horovod each rank's block
+        Gramian, allreduced."""
+        if self.alpha is None:
+            d = int(design.shape[1])
+            return tf.zeros((d, d), tf.float32)
+        if self.dist.size == 1:
+            return tf.matmul(design, design, transpose_a=True)
+        own = design[other_side.start:other_side.stop]
+        return self.dist.allreduce_sum(tf.matmul(own, own, transpose_a=True), name)
+
+    def _half_step(self, side: _Side, other_side: _Side, rows, row_bias, other, other_bias,
+                   name: str, with_loss: bool):
+        if self.dist.size > 1 and name not in self._synced:
+            # Every rank must start from rank 0's factors (initialisations may differ).
+            rows, other = (self.dist.broadcast(self._design(x, b), f"als_start_{name}{k}")
+                           for k, (x, b) in enumerate(((rows, row_bias), (other, other_bias))))
+            if self.biased:
+                rows, row_bias, other, other_bias = (rows[:, 1:], rows[:, 0], other[:, 1:],
+                                                     other[:, 0])
+            self._synced.add(name)  # once per half-step kind (its warm start too)
         design, offset = self._other(other, other_bias)
-        sol = solve_rows(chunks, design, lam, n_rows=int(rows.shape[0]), offset=offset,
-                         alpha=self.alpha, solver=self.solver,
-                         x0=self._design(rows, row_bias), cg_steps=self.cg_steps)
+        gramian = self._gramian(design, other_side, f"als_gram_{name}")
+        x0 = self._design(rows, row_bias)[side.start:side.stop]
+        alpha_t = tf.constant(self.alpha or 0.0, tf.float32)
+        implicit = self.alpha is not None
+        n_own = side.stop - side.start
+        loss = None
+        if self.solver == "cg":
+            sol, observed, squared = _solve_blocks_cg(side.blocks, design, offset, gramian,
+                                                      side.lam_t, x0, alpha_t, self.cg_steps,
+                                                      implicit, with_loss)
+            loss = (observed, squared) if with_loss else None
+        else:
+            sol = solve_rows(side.chunks, design, side.lam, n_rows=n_own, offset=offset,
+                             alpha=self.alpha, solver="cholesky", gramian=gramian)
+        if self.dist.size > 1:
+            sol = self.dist.allgather_rows(sol, f"als_rows_{name}")
         if self.biased:
-            return sol[:, 1:], sol[:, 0]
-        return sol, row_bias
+            return (sol[:, 1:], sol[:, 0]), loss
+        return (sol, row_bias), loss
 
     def user_step(self, U, V, bu=None, bi=None) -> tuple[tf.Tensor, tf.Tensor | None]:
         """New (user factors, user biases) given item factors/biases (biases None if unbiased)."""
-        return self._half_step(self.user_chunks, self.user_lam, U, bu, V, bi)
+        out, _ = self._half_step(self.users, self.items, U, bu, V, bi, "users", False)
+        return out
 
     def item_step(self, U, V, bu=None, bi=None) -> tuple[tf.Tensor, tf.Tensor | None]:
-        """New (item factors, item biases) given user factors/biases."""
-        return self._half_step(self.item_chunks, self.item_lam, V, bi, U, bu)
+        """New (item factors, item biases) given user factors/biases.
+
+        With CG the observed-entry loss terms of the result are computed in the same pass and
+        kept for :meth:`losses` of exactly these ``U, bu`` and the returned ``V, bi``.
+        """
+        (V_new, bi_new), loss = self._half_step(self.items, self.users, V, bi, U, bu, "items",
+                                                self.solver == "cg")
+        self._loss_cache = None if loss is None else (U, bu, V_new, bi_new, loss)
+        return V_new, bi_new
 
     def fold_in(self, user_items: sp.csr_matrix, V, bi=None, *, solver: str | None = None):
         """(factors, biases or None) of new users against fixed item factors, one ridge each.
 
         Uses the training lambda rule and alpha; ``solver`` None means the training solver
-        (CG then starts from zeros, so it needs enough ``cg_steps`` to converge).
+        (CG then starts from zeros, so it needs enough ``cg_steps`` to converge). Runs in this
+        process only (every rank holds the full item factors).
         """
         rows = sp.csr_matrix(user_items, dtype=np.float32)
         rows.sort_indices()
         lam = row_regularization(rows, self._reg, self._weighted, self.alpha)
         design, offset = self._other(V, bi)
-        sol = solve_rows(chunk_rows(rows, self._chunk_size), design, lam, n_rows=rows.shape[0],
-                         offset=offset, alpha=self.alpha, solver=solver or self.solver,
-                         cg_steps=self.cg_steps)
+        solver = solver or self.solver
+        if solver == "cg":
+            sol = solve_rows(None, design, lam, n_rows=rows.shape[0], offset=offset,
+                             alpha=self.alpha, solver="cg", cg_steps=self.cg_steps,
+                             blocks=block_rows(rows))
+        else:
+            sol = solve_rows(chunk_rows(rows, self._chunk_size), design, lam,
+                             n_rows=rows.shape[0], offset=offset, alpha=self.alpha,
+                             solver=solver, cg_steps=self.cg_steps)
         if self.biased:
             return sol[:, 1:], sol[:, 0]
         return sol, None
@@ -427,26 +701,38 @@ class ALSSolver:
 
         ``data`` is the mean squared error on the ratings (explicit) or the confidence-weighted
         error on the observed entries (iALS); ``gramian`` is the unobserved entries' squared
-        scores; ``l2`` the ridge penalties.
+        scores; ``l2`` the ridge penalties. Under Horovod every rank gets the global values.
         """
         rows = self._design(U, bu)
         other, offset = self._other(V, bi)
-        alpha = tf.constant(self.alpha or 0.0, tf.float32)
-        observed = squared = 0.0
-        for c in self.user_chunks:
-            o, s = _chunk_loss_terms(tf.gather(rows, c.rows), other, offset, *c.tensors(), alpha,
-                                     implicit=self.alpha is not None)
-            observed += float(o)
-            squared += float(s)
+        cache = self._loss_cache
+        if cache is not None and all(a is b for a, b in zip(cache[:4], (U, bu, V, bi))):
+            observed, squared = cache[4]  # the item step's pass over these very factors
+        else:
+            alpha = tf.constant(self.alpha or 0.0, tf.float32)
+            observed = squared = tf.constant(0.0, tf.float32)
+            loss_kernel = _kernel("loss", implicit=self.alpha is not None)
+            for b in self.users.blocks:
+                own = rows[self.users.start + b.start:self.users.start + b.stop]
+                o, s = loss_kernel(own, other, offset, *b.tensors(), alpha)
+                observed, squared = observed + o, squared + s
         items = self._design(V, bi)
-        l2 = (float(tf.reduce_sum(self.user_lam * tf.reduce_sum(tf.square(rows), 1)))
-              + float(tf.reduce_sum(self.item_lam * tf.reduce_sum(tf.square(items), 1))))
+        own_u = rows[self.users.start:self.users.stop]
+        own_i = items[self.items.start:self.items.stop]
+        l2 = (tf.reduce_sum(self.users.lam * tf.reduce_sum(tf.square(own_u), 1))
+              + tf.reduce_sum(self.items.lam * tf.reduce_sum(tf.square(own_i), 1)))
+        all_sq = tf.constant(0.0, tf.float32)
+        if self.alpha is not None:
+            # All-pairs squared scores through the Gramian, minus the observed ones.
+            all_sq = tf.reduce_sum(tf.matmul(own_u, tf.matmul(other, other, transpose_a=True))
+                                   * own_u)
+        terms = tf.cast(tf.stack([observed, squared, l2, all_sq]), tf.float64)
+        if self.dist.size > 1:
+            terms = self.dist.allreduce_sum(terms, "als_losses")
+        observed, squared, l2, all_sq = (float(v) for v in terms.numpy())
         n = max(1, self.nnz)
         out = {"data": observed / n, "l2": l2 / n}
         if self.alpha is not None:
-            # All-pairs squared scores through the Gramian, minus the observed ones.
-            all_sq = float(tf.reduce_sum(tf.matmul(rows, tf.matmul(other, other, transpose_a=True))
-                                         * rows))
             out["gramian"] = (all_sq - squared) / n
         out["loss"] = sum(out.values())
         return {"loss": out.pop("loss"), **out}
