@@ -113,18 +113,31 @@ def test_dockerfile_base_is_a_build_argument():
     stages = _stages()
     args = [v for w, v in stages[""] if w == "ARG"]
     assert any(a.startswith("BASE_IMAGE=") for a in args), args
-    assert stages["system"][0] == ("FROM", "${BASE_IMAGE}")
+    assert stages["os"][0] == ("FROM", "${BASE_IMAGE}")
+    assert stages["system"][0] == ("FROM", "os") and stages["runtime"][0] == ("FROM", "os")
     for target in TARGETS:
-        assert stages[target][0] == ("FROM", "system"), target
+        assert stages[f"{target}-build"][0] == ("FROM", "system"), target
+        assert stages[target][0] == ("FROM", "runtime"), target
+
+
+def test_runtime_stage_has_no_build_tools():
+    runs = " ".join(v for w, v in _stages()["runtime"] if w == "RUN")
+    assert "python3" in runs and "apt-get clean" in runs
+    for tool in ("build-essential", "python3-dev", "cmake", "git "):
+        assert tool not in runs, tool
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_dockerfile_target_structure(target):
     stages = _stages()
-    ins = _lineage(stages, target)
+    ins = _lineage(stages, f"{target}-build")
     own = stages[target]
     entry = [v for w, v in own if w == "ENTRYPOINT"]
     assert entry and json.loads(entry[-1]) == ["tfmf"]
+    # The target copies the venv and the source tree out of its own build stage.
+    copies = [v for w, v in own if w == "COPY"]
+    assert f"--from={target}-build /opt/venv /opt/venv" in copies, copies
+    assert f"--from={target}-build /opt/tfmf /opt/tfmf" in copies, copies
     runs = [v for w, v in ins if w == "RUN"]
     # Horovod is compiled with Gloo, TensorFlow only, against the installed TF.
     horovod_run = next(v for v in runs if "horovod==" in v)
@@ -140,12 +153,12 @@ def test_dockerfile_target_structure(target):
         assert "tensorflow[and-cuda]==" in tf_run
         # NCCL is an explicit choice (it needs a CUDA toolkit in the base) and then checked.
         assert "HOROVOD_GPU_OPERATIONS=NCCL" in horovod_run and "nccl_built()" in horovod_run
-        assert "ARG HOROVOD_NCCL=0" in [f"{w} {v}" for w, v in own]
+        assert "ARG HOROVOD_NCCL=0" in [f"{w} {v}" for w, v in stages["gpu-build"]]
     else:
         assert "and-cuda" not in tf_run and "NCCL" not in horovod_run
-    # Every COPY source exists in the build context (the repository root).
+    # Every COPY source from the build context (the repository root) exists.
     for w, v in ins:
-        if w == "COPY":
+        if w == "COPY" and not v.startswith("--from="):
             for src in v.split()[:-1]:
                 assert os.path.exists(os.path.join(ROOT, src)), src
 
@@ -157,7 +170,7 @@ def test_dockerfile_pins_match_setup_cfg(name):
     assert key in setup, f"{name} missing from setup.cfg"
     stages = _stages()
     for target in TARGETS:
-        docker = [r for r in _pip_requirements(_lineage(stages, target))
+        docker = [r for r in _pip_requirements(_lineage(stages, f"{target}-build"))
                   if canonicalize_name(r.name) == key]
         assert docker, f"{name} is not pinned in docker/Dockerfile's {target} target"
         for req in docker:
