@@ -73,9 +73,20 @@ DOCKER_BUILD = ENGINE=$(ENGINE) docker/engine.sh build --network host -f docker/
                $(if $(wildcard $(HOST_CA)),--secret id=pipca$(comma)src=$(HOST_CA)) \
                --build-arg BASE_IMAGE=$(BASE_IMAGE)
 
-.PHONY: docker docker-base docker-cpu docker-gpu docker-test
+.PHONY: docker docker-engine docker-base docker-cpu docker-gpu docker-test
 
-docker-base:
+# The engine, runc (podman's crun cannot run on cgroup v1/v2 hybrid hosts) and debootstrap, from
+# Debian's packages when missing (as root).
+DOCKER_APT_PACKAGES ?= $(if $(filter podman,$(ENGINE)),podman buildah runc,docker.io) debootstrap
+docker-engine:
+	@if command -v $(ENGINE) >/dev/null && command -v debootstrap >/dev/null && \
+	    { [ "$(ENGINE)" != podman ] || command -v runc >/dev/null; }; then \
+	  echo "$$($(ENGINE) --version)"; \
+	else \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DOCKER_APT_PACKAGES); \
+	fi
+
+docker-base: docker-engine
 	$(if $(filter localhost/tfmf-base:%,$(BASE_IMAGE)),ENGINE=$(ENGINE) docker/bootstrap-base.sh $(BASE_IMAGE),@echo "base $(BASE_IMAGE) comes from a registry")
 
 # Each build's wall time is appended to $(DOCKER_LOG)/build-times.txt.
