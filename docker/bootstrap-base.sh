@@ -21,7 +21,7 @@ IMAGE="${1:-localhost/tfmf-base:bookworm}"
 ENGINE="${ENGINE:-podman}"
 SUITE="${SUITE:-bookworm}"
 
-if [[ "${FORCE:-0}" != 1 ]] && "$ENGINE" image exists "$IMAGE" 2>/dev/null; then
+if [[ "${FORCE:-0}" != 1 ]] && "$ENGINE" image inspect "$IMAGE" >/dev/null 2>&1; then
   echo "bootstrap-base: $IMAGE already exists (FORCE=1 rebuilds it)"
   exit 0
 fi
