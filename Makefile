@@ -53,3 +53,54 @@ sample: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---- Container images (docker/README.md) --------------------------------------------------
+# make docker-base   Debian bookworm base image from Debian packages (debootstrap), imported
+# make docker        the cpu and gpu images (layers cached; a second run rebuilds nothing)
+# make docker-test   the in-container smoke tests (tests/test_docker.py, TFMF_DOCKER_TESTS=1)
+# ENGINE=docker works too; BASE_IMAGE=debian:bookworm-slim skips the bootstrap where a registry
+# is reachable. HOST_CA: a CA bundle handed to pip as a build secret (never stored in a layer).
+ENGINE       ?= podman
+BASE_IMAGE   ?= localhost/tfmf-base:bookworm
+IMAGE        ?= localhost/tfmf
+HOROVOD_NCCL ?= 0
+HOST_CA      ?= /etc/ssl/certs/ca-certificates.crt
+DOCKER_PY    ?= $(if $(wildcard $(PY)),$(PY),python3)
+DOCKER_LOG   ?= runs/docker
+comma := ,
+DOCKER_BUILD = ENGINE=$(ENGINE) docker/engine.sh build --network host -f docker/Dockerfile \
+               $(if $(filter podman,$(ENGINE)),--ignorefile docker/Dockerfile.dockerignore) \
+               $(if $(wildcard $(HOST_CA)),--secret id=pipca$(comma)src=$(HOST_CA)) \
+               --build-arg BASE_IMAGE=$(BASE_IMAGE)
+
+.PHONY: docker docker-engine docker-base docker-cpu docker-gpu docker-test
+
+# The engine, runc (podman's crun cannot run on cgroup v1/v2 hybrid hosts) and debootstrap, from
+# Debian's packages when missing (as root).
+DOCKER_APT_PACKAGES ?= $(if $(filter podman,$(ENGINE)),podman buildah runc,docker.io) debootstrap
+docker-engine:
+	@if command -v $(ENGINE) >/dev/null && command -v debootstrap >/dev/null && \
+	    { [ "$(ENGINE)" != podman ] || command -v runc >/dev/null; }; then \
+	  echo "$$($(ENGINE) --version)"; \
+	else \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DOCKER_APT_PACKAGES); \
+	fi
+
+docker-base: docker-engine
+	$(if $(filter localhost/tfmf-base:%,$(BASE_IMAGE)),ENGINE=$(ENGINE) docker/bootstrap-base.sh $(BASE_IMAGE),@echo "base $(BASE_IMAGE) comes from a registry")
+
+# Each build's wall time is appended to $(DOCKER_LOG)/build-times.txt.
+docker-cpu docker-gpu: docker-%: docker-base
+	@mkdir -p $(DOCKER_LOG)
+	@start=$$(date +%s); \
+	$(DOCKER_BUILD) --target $* $(if $(filter gpu,$*),--build-arg HOROVOD_NCCL=$(HOROVOD_NCCL)) \
+	  -t $(IMAGE):$* . && \
+	echo "$$(date -u +%FT%TZ) $(IMAGE):$* built in $$(( $$(date +%s) - start )) s" \
+	  | tee -a $(DOCKER_LOG)/build-times.txt
+	@ENGINE=$(ENGINE) docker/engine.sh image ls $(IMAGE):$*
+
+docker: docker-cpu docker-gpu
+
+docker-test:
+	TFMF_DOCKER_TESTS=1 TFMF_DOCKER_ENGINE=$(ENGINE) TFMF_DOCKER_IMAGE=$(IMAGE) \
+	  $(DOCKER_PY) -m pytest -p no:cacheprovider -k in_container tests/test_docker.py -v $(PYTEST_ARGS)
