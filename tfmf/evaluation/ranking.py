@@ -134,7 +134,13 @@ def _requested(eval_cfg) -> list[str]:
 def _evaluate_rows(score_fn, users: np.ndarray, targets: sp.csr_matrix,
                    exclude: sp.csr_matrix | None, eval_cfg) -> dict[str, float]:
     """Means over users (with >= 1 target) of every metric, scoring ``batch_size`` at a time."""
+    from tfmf import memory
+
     metrics = _requested(eval_cfg)
+    memory.preflight(memory.score_block_bytes(min(eval_cfg.batch_size, len(users)),
+                                              targets.shape[1]),
+                     f"ranking evaluation ({eval_cfg.batch_size} users x {targets.shape[1]:,} "
+                     "items per block)", "eval.batch_size")
     sums: dict[str, float] = {}
     count = 0
     for s in range(0, len(users), eval_cfg.batch_size):

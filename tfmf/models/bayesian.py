@@ -356,6 +356,12 @@ class BayesianMF(FactorRecommender):
                                   epochs=c.burn_in + c.samples)
         if c.seed is not None:
             cfg = dataclasses.replace(cfg, seed=c.seed)
+        from tfmf import memory
+
+        memory.preflight(memory.gibbs_workspace_bytes(train.n_users, train.n_items, c.factors,
+                                                      c.chunk_size, c.posterior_rank),
+                         f"Gibbs sampler ({train.n_users:,} x {train.n_items:,}, "
+                         f"{c.factors} factors)", "model.factors")
         self._begin(train, cfg)
         self.model = self.build_model(train, cfg)
         by_user = sp.csr_matrix(self._seen, dtype=np.float32)

@@ -261,6 +261,12 @@ class MultVAE(KerasRecommender):
 
     # ------------------------------------------------------------------ KerasRecommender
     def build_model(self, train: InteractionData, train_config: TrainConfig) -> MultVAEModel:
+        from tfmf import memory
+
+        memory.preflight(memory.vae_bytes(train.n_items, list(self.config.dims),
+                                          train_config.batch_size),
+                         f"{self.name} ({train.n_items:,} items, dims {list(self.config.dims)})",
+                         "train.batch_size")
         model = MultVAEModel(train.n_items, self.config, seed=train_config.seed, name=self.name)
         # Create every variable now (a one-row dummy batch) so checkpoints restore eagerly.
         dummy = tf.SparseTensor(np.zeros((1, 2), np.int64), np.ones(1, np.float32),
