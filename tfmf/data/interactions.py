@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -78,7 +78,7 @@ class InteractionData:
         item_titles: dict | None = None,
         name: str = "",
         source: str | None = None,
-        line_numbers: np.ndarray | None = None,
+        line_numbers: np.ndarray | Callable[[int], int] | None = None,
     ) -> "InteractionData":
         """Builds the container from raw ids, assigning sorted contiguous indices.
 
@@ -92,7 +92,8 @@ class InteractionData:
           item_titles: optional mapping raw item id -> title.
           name: dataset name.
           source: file the rows came from, used in error messages.
-          line_numbers: 1-based file line of each row, used in error messages.
+          line_numbers: 1-based file line of each row (an array, or a function row ->
+            line), used in error messages.
 
         Returns:
           An InteractionData.
@@ -105,11 +106,13 @@ class InteractionData:
         raw_users = np.asarray(raw_users)
         raw_items = np.asarray(raw_items)
         n = len(raw_users)
+        if len(raw_items) != n or (values is not None and len(values) != n):
+            raise ValueError("raw_users, raw_items and values must have the same length")
         if n == 0:
             raise DataError("no interactions (empty input)", source)
 
         def where(i: int) -> int | None:
-            return int(line_numbers[i]) if line_numbers is not None else None
+            return _line(line_numbers, i)
 
         if values is None:
             vals = np.ones(n, dtype=np.float32)
@@ -131,21 +134,68 @@ class InteractionData:
                         f"{len(bad)} such row(s)", source, where(i))
             vals = vals.astype(np.float32)
 
-        user_ids, users = np.unique(raw_users, return_inverse=True)
-        item_ids, items = np.unique(raw_items, return_inverse=True)
+        user_ids, users = encode_ids(raw_users)
+        item_ids, items = encode_ids(raw_items)
+        del raw_users, raw_items
+        ts = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)
+        return cls.from_indices(users, items, vals, user_ids, item_ids, ts,
+                                rating_scale=rating_scale, implicit=bool(implicit),
+                                duplicates=duplicates, item_titles=item_titles, name=name,
+                                source=source, line_numbers=line_numbers)
+
+    @classmethod
+    def from_indices(
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        values: np.ndarray,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        timestamps: np.ndarray | None = None,
+        *,
+        rating_scale: tuple[float, float] | None = None,
+        implicit: bool = False,
+        duplicates: str = "error",
+        item_titles: dict | None = None,
+        name: str = "",
+        source: str | None = None,
+        line_numbers: np.ndarray | Callable[[int], int] | None = None,
+    ) -> "InteractionData":
+        """Builds the container from already-encoded indices, resolving duplicate pairs.
+
+        The duplicate check costs one O(nnz) pass when rows are sorted by (user, item) (as
+        most ratings files are) and one ``np.sort`` of the int64 pair keys otherwise; the
+        stable argsort that locates and resolves duplicates runs only when there are some.
+
+        Args:
+          users, items: int32 indices into ``user_ids`` / ``item_ids``.
+          values: float32 values (validated by the caller).
+          user_ids, item_ids: sorted raw ids.
+          timestamps: optional int64 timestamps.
+          rating_scale, implicit, duplicates, item_titles, name: as in :meth:`from_raw`.
+          source: file the rows came from, used in error messages.
+          line_numbers: 1-based file line of each row (an array, or a function row -> line).
+
+        Returns:
+          An InteractionData.
+
+        Raises:
+          DataError: duplicates under "error"; more than 2**31-1 users or items.
+        """
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
         if len(user_ids) > np.iinfo(np.int32).max or len(item_ids) > np.iinfo(np.int32).max:
             raise DataError("more than 2**31-1 distinct users or items", source)
-        ts = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)
-
-        users, items, vals, ts, order = _resolve_duplicates(
-            users.astype(np.int64), items.astype(np.int64), vals, ts, len(item_ids),
-            duplicates, source, line_numbers)
+        if _has_duplicate_pairs(users, items, len(item_ids)):
+            users, items, values, timestamps, _ = _resolve_duplicates(
+                users.astype(np.int64), items.astype(np.int64), values, timestamps,
+                len(item_ids), duplicates, source, line_numbers)
         titles = None
         if item_titles:
             titles = np.array([str(item_titles.get(_py(r), "")) for r in item_ids])
-        return cls(users=users, items=items, values=vals, timestamps=ts, user_ids=user_ids,
-                   item_ids=item_ids, rating_scale=rating_scale, implicit=bool(implicit),
-                   item_titles=titles, name=name)
+        return cls(users=users, items=items, values=values, timestamps=timestamps,
+                   user_ids=user_ids, item_ids=item_ids, rating_scale=rating_scale,
+                   implicit=bool(implicit), item_titles=titles, name=name)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -169,8 +219,8 @@ class InteractionData:
 
     def summary(self) -> dict:
         """Counts for `tfmf data inspect`: ratings, users, items, density, rating scale."""
-        active_users = int(np.unique(self.users).size) if self.nnz else 0
-        active_items = int(np.unique(self.items).size) if self.nnz else 0
+        active_users = int(np.count_nonzero(np.bincount(self.users, minlength=self.n_users)))
+        active_items = int(np.count_nonzero(np.bincount(self.items, minlength=self.n_items)))
         out = {
             "name": self.name,
             "ratings": self.nnz,
@@ -308,6 +358,65 @@ class InteractionData:
 
 
 # ---------------------------------------------------------------------- helpers
+#: Integer ids spanning at most this many values (or 2 x their count) are encoded with a
+#: lookup table over [min, max]; wider ranges go through a hash (pandas) and a searchsorted.
+_LUT_SPAN = 1 << 24
+
+
+def encode_ids(raw: np.ndarray | Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw ids -> (sorted distinct ids, int32 index of each raw id), like ``np.unique``.
+
+    Integer ids are encoded without a sort over all rows: a presence table over their range
+    (dense ids such as MovieLens') or a hash of the distinct values (pandas) then a
+    ``searchsorted`` over the few distinct ones. Other ids (strings) use ``np.unique``.
+
+    Args:
+      raw: 1-D ids.
+
+    Returns:
+      (ids, codes): ``ids[codes] == raw``.
+    """
+    raw = np.asarray(raw)
+    if raw.dtype.kind not in "iu" or raw.size == 0:
+        ids, codes = np.unique(raw, return_inverse=True)
+        return ids, codes.reshape(-1).astype(np.int32)
+    lo, hi = int(raw.min()), int(raw.max())
+    base = lo if lo < 0 or lo > hi - lo else 0  # ids from ~0 (the usual) index the table as-is
+    span = hi - base + 1
+    if span <= max(_LUT_SPAN, 2 * raw.size):
+        pos = raw - base if base else raw
+        present = np.zeros(span, bool)
+        present[pos] = True
+        ids = (np.flatnonzero(present) + base).astype(raw.dtype)
+        lut = np.cumsum(present, dtype=np.int32)
+        lut -= 1
+        del present
+        return ids, lut[pos]
+    import pandas as pd
+
+    ids = np.sort(pd.unique(raw))
+    return ids, np.searchsorted(ids, raw).astype(np.int32)
+
+
+def _has_duplicate_pairs(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
+    """Whether some (user, item) pair repeats: a sortedness pass, else one sort of the keys."""
+    if len(users) < 2:
+        return False
+    key = users.astype(np.int64)
+    key *= n_items
+    key += items
+    if bool(np.all(key[1:] > key[:-1])):
+        return False
+    key.sort()
+    return bool(np.any(key[1:] == key[:-1]))
+
+
+def _line(line_numbers, i: int) -> int | None:
+    if line_numbers is None:
+        return None
+    return int(line_numbers(i)) if callable(line_numbers) else int(line_numbers[i])
+
+
 def _py(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else x
 
@@ -349,8 +458,8 @@ def _resolve_duplicates(users, items, vals, ts, n_items, policy, source, line_nu
         j = int(np.flatnonzero(~is_first)[0])
         i = int(order[j])
         n_dup = int((~is_first).sum())
-        line = int(line_numbers[i]) if line_numbers is not None else None
-        first_line = int(line_numbers[order[j - 1]]) if line_numbers is not None else None
+        line = _line(line_numbers, i)
+        first_line = _line(line_numbers, int(order[j - 1]))
         extra = f" (first seen at line {first_line})" if first_line is not None else ""
         raise DataError(
             f"duplicate (user, item) pair{extra}; {n_dup} duplicate row(s). "
