@@ -363,7 +363,8 @@ class InteractionData:
 _LUT_SPAN = 1 << 24
 
 
-def encode_ids(raw: np.ndarray | Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def encode_ids(raw: np.ndarray | Sequence[Any] | list[np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Raw ids -> (sorted distinct ids, int32 index of each raw id), like ``np.unique``.
 
     Integer ids are encoded without a sort over all rows: a presence table over their range
@@ -371,42 +372,69 @@ def encode_ids(raw: np.ndarray | Sequence[Any]) -> tuple[np.ndarray, np.ndarray]
     ``searchsorted`` over the few distinct ones. Other ids (strings) use ``np.unique``.
 
     Args:
-      raw: 1-D ids.
+      raw: 1-D ids, or a list of 1-D integer arrays (blocks of one column, encoded into one
+        int32 output without concatenating the raw ids).
 
     Returns:
-      (ids, codes): ``ids[codes] == raw``.
+      (ids, codes): ``ids[codes] == raw`` (the blocks concatenated).
     """
-    raw = np.asarray(raw)
-    if raw.dtype.kind not in "iu" or raw.size == 0:
-        ids, codes = np.unique(raw, return_inverse=True)
+    parts = list(raw) if isinstance(raw, list) and raw and isinstance(raw[0], np.ndarray) \
+        else [np.asarray(raw)]
+    n = sum(p.size for p in parts)
+    if n == 0 or any(p.dtype.kind not in "iu" for p in parts):
+        whole = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        ids, codes = np.unique(whole, return_inverse=True)
         return ids, codes.reshape(-1).astype(np.int32)
-    lo, hi = int(raw.min()), int(raw.max())
+    dtype = np.result_type(*[p.dtype for p in parts])
+    if dtype.kind == "i":
+        dtype = np.dtype(np.int64)  # raw integer ids are int64 whatever width they arrive in
+    lo = min(int(p.min()) for p in parts if p.size)
+    hi = max(int(p.max()) for p in parts if p.size)
     base = lo if lo < 0 or lo > hi - lo else 0  # ids from ~0 (the usual) index the table as-is
     span = hi - base + 1
-    if span <= max(_LUT_SPAN, 2 * raw.size):
-        pos = raw - base if base else raw
+    codes = np.empty(n, np.int32)
+    if span <= max(_LUT_SPAN, 2 * n):
         present = np.zeros(span, bool)
-        present[pos] = True
-        ids = (np.flatnonzero(present) + base).astype(raw.dtype)
+        for p in parts:
+            present[p - base if base else p] = True
+        ids = (np.flatnonzero(present) + base).astype(dtype)
         lut = np.cumsum(present, dtype=np.int32)
         lut -= 1
         del present
-        return ids, lut[pos]
+        off = 0
+        for p in parts:
+            codes[off:off + p.size] = lut[p - base if base else p]
+            off += p.size
+        return ids, codes
     import pandas as pd
 
-    ids = np.sort(pd.unique(raw))
-    return ids, np.searchsorted(ids, raw).astype(np.int32)
+    ids = np.sort(pd.unique(np.concatenate([pd.unique(p) for p in parts])))
+    off = 0
+    for p in parts:
+        codes[off:off + p.size] = np.searchsorted(ids, p)
+        off += p.size
+    return ids, codes
 
 
 def _has_duplicate_pairs(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
     """Whether some (user, item) pair repeats: a sortedness pass, else one sort of the keys."""
-    if len(users) < 2:
+    n = len(users)
+    if n < 2:
+        return False
+    step, prev, ordered = 1 << 20, np.int64(-1), True
+    for lo in range(0, n, step):  # strictly increasing keys, checked chunk by chunk
+        key = users[lo:lo + step].astype(np.int64)
+        key *= n_items
+        key += items[lo:lo + step]
+        if key[0] <= prev or not bool(np.all(key[1:] > key[:-1])):
+            ordered = False
+            break
+        prev = key[-1]
+    if ordered:
         return False
     key = users.astype(np.int64)
     key *= n_items
     key += items
-    if bool(np.all(key[1:] > key[:-1])):
-        return False
     key.sort()
     return bool(np.any(key[1:] == key[:-1]))
 
