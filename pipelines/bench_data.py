@@ -112,6 +112,203 @@ def cached_csv(out_dir: str, shape: tuple[int, int, int], seed: int = 0) -> str:
     return path
 
 
+def with_bad_row(clean: str, bad: bytes = b"17,2,four,1\n") -> tuple[str, int]:
+    """A copy of ``clean`` with ``bad`` inserted as the middle line; (path, its line number)."""
+    path = clean[:-4] + "-badrow.csv"
+    meta = path + ".line"
+    if os.path.exists(path) and os.path.exists(meta):
+        with open(meta) as fh:
+            return path, int(fh.read())
+    size = os.path.getsize(clean)
+    with open(clean, "rb") as src, open(path + ".tmp", "wb") as out:
+        head = src.read(size // 2)
+        head += src.readline()
+        line = head.count(b"\n") + 1
+        out.write(head)
+        out.write(bad)
+        while chunk := src.read(64 << 20):
+            out.write(chunk)
+    os.replace(path + ".tmp", path)
+    with open(meta, "w") as fh:
+        fh.write(str(line))
+    return path, line
+
+
+# ----------------------------------------------------------------------------- measured work
+# Each runs in a fresh spawned process (run_isolated), so ru_maxrss is that reader's peak.
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _idle_rss() -> int:
+    """RSS after importing what every reader imports (numpy, pandas, pyarrow, scipy)."""
+    import pandas  # noqa: F401
+    import pyarrow.csv  # noqa: F401
+    import scipy.sparse  # noqa: F401
+
+    return _peak_rss()
+
+
+def measure_tfmf(path: str, csr: bool = False, rank: int = 0, size: int = 1) -> dict:
+    """tfmf's public loader on ``path`` (+ the CSR the models train on when ``csr``)."""
+    base = _idle_rss()
+    from tfmf.config import DataConfig
+    from tfmf.data.loading import load_dataset
+    from tfmf.errors import DataError
+
+    t0 = time.perf_counter()
+    try:
+        data = load_dataset(DataConfig(source=path), rank=rank, size=size)
+    except DataError as e:
+        return {"seconds": time.perf_counter() - t0, "peak_rss": _peak_rss(), "idle_rss": base,
+                "rows": None, "error": str(e)}
+    load_s = time.perf_counter() - t0
+    if csr:
+        data.to_csr()
+    return {"seconds": time.perf_counter() - t0, "load_seconds": load_s, "peak_rss": _peak_rss(),
+            "idle_rss": base, "rows": data.nnz, "users": data.n_users, "items": data.n_items,
+            "error": None}
+
+
+def measure_peer(path: str, csr: bool = True) -> dict:
+    """pandas.read_csv, then (``csr``) category codes for ids and a scipy CSR."""
+    base = _idle_rss()
+    import pandas as pd
+    import scipy.sparse as sp
+
+    import warnings
+
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # mixed-type columns of the bad-row file
+            df = pd.read_csv(path)
+    except Exception as e:  # noqa: BLE001 - what the peer says about a bad file
+        return {"seconds": time.perf_counter() - t0, "peak_rss": _peak_rss(), "idle_rss": base,
+                "rows": None, "error": f"{type(e).__name__}: {e}"[:160]}
+    load_s = time.perf_counter() - t0
+    rows = len(df)
+    if csr:
+        u = df.iloc[:, 0].astype("category").cat.codes.to_numpy()
+        i = df.iloc[:, 1].astype("category").cat.codes.to_numpy()
+        m = sp.csr_matrix((df.iloc[:, 2].to_numpy(np.float32), (u, i)))
+        rows = m.nnz
+    return {"seconds": time.perf_counter() - t0, "load_seconds": load_s, "peak_rss": _peak_rss(),
+            "idle_rss": base, "rows": rows, "error": None}
+
+
+def measure_convert(path: str, out: str, shards: int) -> dict:
+    base = _idle_rss()
+    from tfmf.config import DataConfig
+    from tfmf.data.loading import load_dataset
+    from tfmf.data.shards import write_shards
+
+    t0 = time.perf_counter()
+    write_shards(load_dataset(DataConfig(source=path)), out, shards, source=path)
+    return {"seconds": time.perf_counter() - t0, "peak_rss": _peak_rss(), "idle_rss": base}
+
+
+def _best(fn, repeats: int, *a, **kw) -> dict:
+    from pipelines.benchmark import run_isolated
+
+    runs = [run_isolated(fn, *a, **kw) for _ in range(repeats)]
+    best = min(runs, key=lambda r: r["seconds"])
+    best["peak_rss"] = max(r["peak_rss"] for r in runs)  # memory: the worst run
+    return best
+
+
+def _row(what: str, r: dict, n: int, clean: dict | None = None, peer: dict | None = None
+         ) -> dict:
+    from pipelines.benchmark import ratio
+
+    gb = r["peak_rss"] / 1e9
+    row = {"reader": what, "seconds": round(r["seconds"], 2), "peak RSS GB": round(gb, 3),
+           "B/rating": round(r["peak_rss"] / n, 1),
+           "B/rating over imports": round((r["peak_rss"] - r["idle_rss"]) / n, 1)}
+    if peer is not None:
+        row["x_peer time"] = ratio(r["seconds"], peer["seconds"])
+        row["x_peer RSS"] = ratio(r["peak_rss"], peer["peak_rss"])
+    if clean is not None:
+        row["x_clean time"] = ratio(r["seconds"], clean["seconds"])
+        row["x_clean RSS"] = ratio(r["peak_rss"], clean["peak_rss"])
+    if r.get("error"):
+        row["error"] = r["error"][:200]
+    return row
+
+
+def _read_suite(args, shape: tuple[int, int, int], with_peer: bool) -> dict:
+    tiny = args.scale == "tiny"
+    repeats = 1 if tiny else 2
+    t0 = time.perf_counter()
+    path = cached_csv(args.out, shape)
+    gen_s = time.perf_counter() - t0
+    bad, bad_line = with_bad_row(path)
+    notes = [f"file: {path} ({os.path.getsize(path) / 1e6:.0f} MB; generated or found in "
+             f"{gen_s:.0f} s); every reader runs in a fresh process (peak RSS is its own), "
+             f"best of {repeats} for time, worst for RSS"]
+    tfmf_load = _best(measure_tfmf, repeats, path)
+    n = tfmf_load["rows"]
+    tfmf_csr = _best(measure_tfmf, repeats, path, csr=True)
+    peer = peer_load = None
+    if with_peer:
+        peer = _best(measure_peer, repeats, path)
+        peer_load = _best(measure_peer, repeats, path, csr=False)
+    rows = [_row("tfmf load_dataset", tfmf_load, n, peer=peer),
+            _row("tfmf load_dataset + to_csr", tfmf_csr, n, peer=peer)]
+    if with_peer:
+        rows += [_row("pandas.read_csv + scipy CSR (peer)", peer, n, peer=peer),
+                 _row("pandas.read_csv alone", peer_load, n, peer=peer)]
+    bad_tfmf = _best(measure_tfmf, repeats, bad)
+    expect = f"{bad}:{bad_line}: "
+    bad_rows = [_row("tfmf load_dataset, bad row in the middle", bad_tfmf, n, clean=tfmf_load)]
+    if with_peer:
+        bad_rows.append(_row("pandas.read_csv, bad row in the middle", _best(
+            measure_peer, 1, bad, csr=False), n, clean=peer_load))
+    ok = bool(bad_tfmf.get("error")) and expect in bad_tfmf["error"]
+    notes.append(f"bad row at line {bad_line}: tfmf's error {'names' if ok else 'DOES NOT name'}"
+                 f" {expect!r}")
+    out_dir = path[:-4] + "-shards"
+    shard_rows = []
+    if not os.path.exists(os.path.join(out_dir, "manifest.json")):
+        conv = run_isolated_convert(path, out_dir)
+        shard_rows.append(_row("tfmf data convert (12 shards)", conv, n))
+    for rank, size in ((0, 1), (0, 2), (0, 3)):
+        r = _best(measure_tfmf, repeats, out_dir, rank=rank, size=size)
+        row = _row(f"shards: rank {rank} of {size}", r, n, clean=tfmf_load)
+        row["rows"] = r["rows"]
+        shard_rows.append(row)
+    return {"tables": {f"Reading a {n:,}-row ratings CSV ({shape[0]:,} x {shape[1]:,})": rows,
+                       "One malformed row in the middle": bad_rows,
+                       "Parquet shards (tfmf data convert), per rank": shard_rows},
+            "notes": notes}
+
+
+def run_isolated_convert(path: str, out_dir: str) -> dict:
+    from pipelines.benchmark import run_isolated
+
+    return run_isolated(measure_convert, path, out_dir, 12)
+
+
+def _register():
+    from pipelines.benchmark import suite
+
+    @suite("speed-read")
+    def speed_read(args) -> dict:
+        """ML-20M-shaped CSV through the public loader vs pandas + scipy (issue 18, 17, 14)."""
+        return _read_suite(args, TINY_SHAPE if args.scale == "tiny" else ML20M_CSV_SHAPE, True)
+
+    @suite("scale-read")
+    def scale_read(args) -> dict:
+        """Netflix-shaped CSV: load peak RSS per rating (issue 14); no peer (pandas needs
+        several times the memory)."""
+        return _read_suite(args, TINY_SHAPE if args.scale == "tiny" else NETFLIX_SHAPE, False)
+
+
+_register()
+
+
 if __name__ == "__main__":  # pragma: no cover - manual generation
     import sys
 

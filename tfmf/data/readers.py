@@ -261,18 +261,14 @@ def _read_text(path, fmt, delimiter, header, columns, implicit, encoding, opts, 
     with opener(path, "rb") as f:
         buf = _read(f, _HEAD_BYTES, path, gz)
         enc = encoding or "utf-8"
-        lines = buf.splitlines(keepends=True)
-        if len(buf) == _HEAD_BYTES and len(lines) > 1:
-            lines = lines[:-1]  # the last line may be cut
-        head = [(k, ln.decode(enc, "replace")) for k, ln in enumerate(lines, start=1)
-                if ln.strip()]
+        head = _head_lines(buf, enc, full=len(buf) == _HEAD_BYTES)
         if not head:
             raise DataError("empty file (no lines)", path)
         if b"\x00" in buf[:4096]:
             raise DataError("not a ratings table: binary data (NUL bytes) in a text file", path)
         first_lineno, first = head[0]
         second = head[1][1] if len(head) > 1 else None
-        sample = [h[1].strip("\r\n") for h in head[:50]]
+        sample = [h[1].strip("\r\n") for h in head]
         delim = delimiter or _sniff_delimiter(path, fmt, sample if header is False or
                                               len(sample) < 2 else sample[1:])
         if delim in (" ", r"\s+"):
@@ -313,6 +309,23 @@ def _read_text(path, fmt, delimiter, header, columns, implicit, encoding, opts, 
     if row == 0:
         raise DataError("no data rows", path, first_lineno)
     return cols, blocks
+
+
+def _head_lines(buf: bytes, enc: str, full: bool, want: int = 50) -> list[tuple[int, str]]:
+    """(1-based line, text) of the first ``want`` non-blank lines of the head buffer (a cut
+    last line is left out when the buffer is full)."""
+    out, pos, line = [], 0, 1
+    while len(out) < want and pos < len(buf):
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            if full and out:
+                break
+            nl = len(buf)
+        raw = buf[pos:nl]
+        if raw.strip():
+            out.append((line, raw.decode(enc, "replace")))
+        pos, line = nl + 1, line + 1
+    return out
 
 
 def _line_blocks(f: BinaryIO, pending: bytes, first_line: int, path: str, gz: bool
@@ -626,12 +639,14 @@ def _parse_block_slow(data: bytes, first_line: int, layout: _Layout, delim: str,
                   max(layout.cols.values()) + 1, first_line)
     try:
         try:
-            frame = pd.read_csv(io.BytesIO(data), encoding=src.encoding, **kwargs)
+            frame = pd.read_csv(io.BytesIO(data), encoding=src.encoding, low_memory=False,
+                                **kwargs)
         except UnicodeDecodeError:
             if layout.explicit_encoding:
                 raise
             src.encoding = "latin-1"  # e.g. MovieLens files; every byte decodes
-            frame = pd.read_csv(io.BytesIO(data), encoding="latin-1", **kwargs)
+            frame = pd.read_csv(io.BytesIO(data), encoding="latin-1", low_memory=False,
+                                **kwargs)
     except Exception as e:  # ParserError (too many fields, bad quoting, ...)
         src.raise_first_bad_line(layout.ncols)
         raise DataError(f"cannot parse: {type(e).__name__}: {e}", layout.path) from None
