@@ -292,11 +292,12 @@ class InteractionData:
         if min_item_interactions > 0:
             counts = np.bincount(self.items[keep], minlength=self.n_items)
             keep &= counts[self.items] >= min_item_interactions
-        users_used = np.unique(self.users[keep])
-        items_used = np.unique(self.items[keep])
-        umap = np.full(self.n_users, -1, np.int64)
+        # Sorted distinct indices from counts (no sort over all rows).
+        users_used = np.flatnonzero(np.bincount(self.users[keep], minlength=self.n_users))
+        items_used = np.flatnonzero(np.bincount(self.items[keep], minlength=self.n_items))
+        umap = np.full(self.n_users, -1, np.int32)
         umap[users_used] = np.arange(len(users_used))
-        imap = np.full(self.n_items, -1, np.int64)
+        imap = np.full(self.n_items, -1, np.int32)
         imap[items_used] = np.arange(len(items_used))
         return replace(
             self,
