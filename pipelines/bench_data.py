@@ -137,6 +137,18 @@ def with_bad_row(clean: str, bad: bytes = b"17,2,four,1\n") -> tuple[str, int]:
 # ----------------------------------------------------------------------------- measured work
 # Each runs in a fresh spawned process (run_isolated), so ru_maxrss is that reader's peak.
 def _peak_rss() -> int:
+    """This process's peak RSS in bytes: VmHWM, the high-water mark of its own address space.
+
+    Not ``ru_maxrss``: Linux carries that across fork + exec, so a child spawned by a big
+    parent (the benchmark process, TensorFlow loaded) would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

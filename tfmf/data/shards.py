@@ -92,6 +92,9 @@ def write_shards(data: InteractionData, out_dir: str | os.PathLike, n_shards: in
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the dataset from other users
     try:
         files = {}
 
