@@ -184,6 +184,30 @@ def measure_tfmf(path: str, csr: bool = False, rank: int = 0, size: int = 1) -> 
             "error": None}
 
 
+def measure_cli(path: str) -> dict:
+    """``tfmf data inspect PATH`` as a user runs it: a new process, imports included."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "tfmf", "data", "inspect", path, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    import resource
+
+    # The largest child of this fresh worker: the CLI process (at least the worker's size,
+    # which it starts as a fork of; far below a CLI read's peak).
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    import json
+
+    rows = json.loads(out)["ratings"] if proc.returncode == 0 else None
+    return {"seconds": seconds, "peak_rss": peak, "idle_rss": 0, "rows": rows,
+            "error": None if proc.returncode == 0 else err.decode()[-200:]}
+
+
 def measure_peer(path: str, csr: bool = True) -> dict:
     """pandas.read_csv, then (``csr``) category codes for ids and a scipy CSR."""
     base = _idle_rss()
@@ -236,7 +260,8 @@ def _row(what: str, r: dict, n: int, clean: dict | None = None, peer: dict | Non
     from pipelines.benchmark import ratio
 
     gb = r["peak_rss"] / 1e9
-    row = {"reader": what, "seconds": round(r["seconds"], 2), "peak RSS GB": round(gb, 3),
+    row = {"reader": what, "rows": r.get("rows"), "seconds": round(r["seconds"], 2),
+           "peak RSS GB": round(gb, 3),
            "B/rating": round(r["peak_rss"] / n, 1),
            "B/rating over imports": round((r["peak_rss"] - r["idle_rss"]) / n, 1)}
     if peer is not None:
@@ -268,7 +293,9 @@ def _read_suite(args, shape: tuple[int, int, int], with_peer: bool) -> dict:
         peer = _best(measure_peer, repeats, path)
         peer_load = _best(measure_peer, repeats, path, csr=False)
     rows = [_row("tfmf load_dataset", tfmf_load, n, peer=peer),
-            _row("tfmf load_dataset + to_csr", tfmf_csr, n, peer=peer)]
+            _row("tfmf load_dataset + to_csr", tfmf_csr, n, peer=peer),
+            _row("tfmf data inspect (CLI, new process)", _best(measure_cli, 1, path), n,
+                 peer=peer)]
     if with_peer:
         rows += [_row("pandas.read_csv + scipy CSR (peer)", peer, n, peer=peer),
                  _row("pandas.read_csv alone", peer_load, n, peer=peer)]
@@ -289,9 +316,7 @@ def _read_suite(args, shape: tuple[int, int, int], with_peer: bool) -> dict:
                        clean=tfmf_load)]
     for rank, size in ((0, 1), (0, 2), (0, 3)):
         r = _best(measure_tfmf, repeats, out_dir, rank=rank, size=size)
-        row = _row(f"shards: rank {rank} of {size}", r, n, clean=tfmf_load)
-        row["rows"] = r["rows"]
-        shard_rows.append(row)
+        shard_rows.append(_row(f"shards: rank {rank} of {size}", r, n, clean=tfmf_load))
     return {"tables": {f"Reading a {n:,}-row ratings CSV ({shape[0]:,} x {shape[1]:,})": rows,
                        "One malformed row in the middle": bad_rows,
                        "Parquet shards (tfmf data convert), per rank": shard_rows},
