@@ -219,8 +219,13 @@ class InteractionData:
 
     def summary(self) -> dict:
         """Counts for `tfmf data inspect`: ratings, users, items, density, rating scale."""
-        active_users = int(np.count_nonzero(np.bincount(self.users, minlength=self.n_users)))
-        active_items = int(np.count_nonzero(np.bincount(self.items, minlength=self.n_items)))
+        # Presence flags, not bincount: bincount would first copy the int32 indices to int64.
+        seen_users = np.zeros(self.n_users, bool)
+        seen_users[self.users] = True
+        seen_items = np.zeros(self.n_items, bool)
+        seen_items[self.items] = True
+        active_users = int(np.count_nonzero(seen_users))
+        active_items = int(np.count_nonzero(seen_items))
         out = {
             "name": self.name,
             "ratings": self.nnz,
