@@ -20,7 +20,7 @@ import io
 import os
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
