@@ -97,6 +97,20 @@ def _train_with_config(tmp: Path, body: str | None, key: str, fragment: str,
 # --------------------------------------------------------------------------- data files
 H = "user,item,rating\n"
 _GZ = gzip.compress((H + GOOD_ROWS).encode())
+_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)
+
+
+def _zip_bytes() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("ratings.csv", H + GOOD_ROWS)
+    return buf.getvalue()
+
+
+_ZIP = _zip_bytes()
 # name, file name, content (None: no file), line named in the error (None: file only),
 # message fragment, extra `data:` YAML.
 DATA_CASES = [
@@ -108,8 +122,9 @@ DATA_CASES = [
     ("missing_rating_column", "r.csv", "user,item\n1,1\n2,1\n", 1, "missing rating column", ""),
     ("missing_named_column", "r.csv", H + "1,1,4\n", 1, "missing column 'stars' for rating",
      "  columns: {rating: stars}\n"),
+    # A semicolon file is sniffed and read; a delimiter set by hand is obeyed.
     ("wrong_delimiter", "r.csv", "user;item;rating\n1;1;4\n2;1;3\n", 1,
-     "only one column found using delimiter ','; wrong delimiter?", ""),
+     "only one column found using delimiter ','; wrong delimiter?", "  delimiter: ','\n"),
     ("too_few_fields", "r.csv", H + "1,1,4\n2,1\n", 3, "too few fields: expected 3, found 2", ""),
     ("too_many_fields", "r.csv", H + "1,1,4\n2,1,3,7\n", 3, "too many fields: expected 3, found 4",
      ""),
@@ -133,12 +148,32 @@ DATA_CASES = [
     ("corrupt_parquet", "r.parquet", b"PAR1 not really parquet", None,
      "cannot read Parquet file", ""),
     ("missing_data_file", "nope.csv", None, None, "no such file, and not a known dataset name", ""),
+    ("png_given_as_data", "ratings.csv", _PNG, None, "not a ratings table: this is a PNG image",
+     ""),
+    ("zip_given_as_data", "ml-latest-small.csv", _ZIP, None,
+     "not a ratings table: this is a zip archive (unzip it first)", ""),
+    ("binary_file_given_as_data", "r.dat", b"1,1,4\n\x00\x01\x02\x00binary", None,
+     "binary data (NUL bytes)", ""),
     # Two rows: a 20% holdout rounds to zero test rows (metrics would be NaN).
     ("split_leaves_no_test_data", "r.csv", H + "1,1,4\n2,1,3\n", None,
      "left no test interactions", ""),
 ]
 for _name, *_spec in DATA_CASES:
     CASES[_name] = lambda tmp, run, spec=tuple(_spec): _train_on_file(tmp, *spec)
+
+
+
+
+@case("directory_given_as_data")
+def _(tmp, run):
+    folder = tmp / "ml-latest-small"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text(H + GOOD_ROWS)
+    sc = _train_on_file(tmp, "unused.csv", None, None, "is a directory, not a ratings file")
+    (tmp / "run.yaml").write_text((tmp / "run.yaml").read_text().replace(
+        str(tmp / "unused.csv"), str(folder)))
+    sc.needles[0] = f"{folder}: "
+    return sc
 
 
 # --------------------------------------------------------------------------- configs
@@ -362,6 +397,34 @@ def test_scientific_notation_is_a_number():
     cfg = load_config(raw={"train": {"learning_rate": "1e-3", "schedule": "piecewise",
                                      "boundaries": [10], "values": ["1.0e6", "5E-1"]}})
     assert cfg.train.learning_rate == 1e-3 and cfg.train.values == [1e6, 0.5]
+
+
+def test_unreadable_data_file_names_the_path(tmp_path):
+    """A file the user may not read: its own message, exit 2 (run as nobody when root, since
+    root reads through permissions)."""
+    import stat
+    import tempfile
+
+    cmd = [sys.executable, "-m", "tfmf", "data", "inspect"]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: permissions cannot bite")
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    folder = Path(tempfile.mkdtemp(prefix="tfmf-unreadable-"))
+    try:
+        folder.chmod(0o755)
+        f = folder / "ratings.csv"
+        f.write_text(H + GOOD_ROWS)
+        f.chmod(0)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(folder))
+        res = subprocess.run([*cmd, str(f)], capture_output=True, text=True, timeout=180,
+                             cwd=folder, env=env)
+        assert res.returncode == 2, res.stderr
+        assert f"{f}: permission denied: cannot read this file" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+        assert stat.S_IMODE(f.stat().st_mode) == 0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # The real process exit code, for one data, one config and one run-time case.

@@ -158,6 +158,26 @@ def cmd_train_dry_run(args) -> int:
     return 0
 
 
+def cmd_data_convert(args) -> int:
+    import time
+
+    from tfmf.data.loading import load_dataset
+    from tfmf.data.shards import write_shards
+
+    from tfmf.config import load_data_config
+
+    cfg = load_data_config(args.source, args.set)
+    t0 = time.perf_counter()
+    data = load_dataset(cfg)
+    t1 = time.perf_counter()
+    manifest = write_shards(data, args.out, args.shards, source=args.source)
+    t2 = time.perf_counter()
+    print(f"read {data.nnz:,} ratings ({data.n_users:,} users x {data.n_items:,} items) in "
+          f"{t1 - t0:.1f} s; wrote {len(manifest['shards'])} shard(s) to {args.out} in "
+          f"{t2 - t1:.1f} s")
+    return 0
+
+
 def cmd_train(args) -> int:
     from tfmf import runner
 
@@ -357,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     # data
-    data = sub.add_parser("data", help="inspect datasets", formatter_class=_Formatter,
+    data = sub.add_parser("data", help="inspect and convert datasets", formatter_class=_Formatter,
                           description="Dataset utilities.")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
@@ -371,6 +391,23 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--json", action="store_true", help="print JSON")
     _add_set(di)
     di.set_defaults(func=cmd_data_inspect)
+    dc = dsub.add_parser(
+        "convert", help="write a dataset as Parquet shards with id maps and a manifest",
+        formatter_class=_Formatter,
+        description="Loads a dataset (as `data inspect` does, with --set data.* options such as "
+                    "binarize_threshold or min_user_interactions applied) and writes DIR/"
+                    "part-*.parquet (users in contiguous blocks of about equal row counts), "
+                    "user_ids.parquet, item_ids.parquet and manifest.json (counts, schema, "
+                    "files with row counts and sha256). Use DIR as data.source: under "
+                    "horovodrun each rank reads only its own shards.",
+        epilog="examples:\n  tfmf data convert ratings.csv --out ratings-shards\n"
+               "  tfmf data convert ml-20m --out ml20m --shards 24")
+    dc.add_argument("source", metavar="PATH_OR_NAME")
+    dc.add_argument("--out", required=True, metavar="DIR", help="directory to create")
+    dc.add_argument("--shards", type=int, default=12, metavar="N",
+                    help="number of shard files (default 12: even over 1, 2, 3, 4, 6, 12 ranks)")
+    _add_set(dc)
+    dc.set_defaults(func=cmd_data_convert)
 
     # train
     tr = sub.add_parser(

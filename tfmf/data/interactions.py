@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -78,7 +78,7 @@ class InteractionData:
         item_titles: dict | None = None,
         name: str = "",
         source: str | None = None,
-        line_numbers: np.ndarray | None = None,
+        line_numbers: np.ndarray | Callable[[int], int] | None = None,
     ) -> "InteractionData":
         """Builds the container from raw ids, assigning sorted contiguous indices.
 
@@ -92,7 +92,8 @@ class InteractionData:
           item_titles: optional mapping raw item id -> title.
           name: dataset name.
           source: file the rows came from, used in error messages.
-          line_numbers: 1-based file line of each row, used in error messages.
+          line_numbers: 1-based file line of each row (an array, or a function row ->
+            line), used in error messages.
 
         Returns:
           An InteractionData.
@@ -105,11 +106,13 @@ class InteractionData:
         raw_users = np.asarray(raw_users)
         raw_items = np.asarray(raw_items)
         n = len(raw_users)
+        if len(raw_items) != n or (values is not None and len(values) != n):
+            raise ValueError("raw_users, raw_items and values must have the same length")
         if n == 0:
             raise DataError("no interactions (empty input)", source)
 
         def where(i: int) -> int | None:
-            return int(line_numbers[i]) if line_numbers is not None else None
+            return _line(line_numbers, i)
 
         if values is None:
             vals = np.ones(n, dtype=np.float32)
@@ -131,21 +134,68 @@ class InteractionData:
                         f"{len(bad)} such row(s)", source, where(i))
             vals = vals.astype(np.float32)
 
-        user_ids, users = np.unique(raw_users, return_inverse=True)
-        item_ids, items = np.unique(raw_items, return_inverse=True)
+        user_ids, users = encode_ids(raw_users)
+        item_ids, items = encode_ids(raw_items)
+        del raw_users, raw_items
+        ts = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)
+        return cls.from_indices(users, items, vals, user_ids, item_ids, ts,
+                                rating_scale=rating_scale, implicit=bool(implicit),
+                                duplicates=duplicates, item_titles=item_titles, name=name,
+                                source=source, line_numbers=line_numbers)
+
+    @classmethod
+    def from_indices(
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        values: np.ndarray,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        timestamps: np.ndarray | None = None,
+        *,
+        rating_scale: tuple[float, float] | None = None,
+        implicit: bool = False,
+        duplicates: str = "error",
+        item_titles: dict | None = None,
+        name: str = "",
+        source: str | None = None,
+        line_numbers: np.ndarray | Callable[[int], int] | None = None,
+    ) -> "InteractionData":
+        """Builds the container from already-encoded indices, resolving duplicate pairs.
+
+        The duplicate check costs one O(nnz) pass when rows are sorted by (user, item) (as
+        most ratings files are) and one ``np.sort`` of the int64 pair keys otherwise; the
+        stable argsort that locates and resolves duplicates runs only when there are some.
+
+        Args:
+          users, items: int32 indices into ``user_ids`` / ``item_ids``.
+          values: float32 values (validated by the caller).
+          user_ids, item_ids: sorted raw ids.
+          timestamps: optional int64 timestamps.
+          rating_scale, implicit, duplicates, item_titles, name: as in :meth:`from_raw`.
+          source: file the rows came from, used in error messages.
+          line_numbers: 1-based file line of each row (an array, or a function row -> line).
+
+        Returns:
+          An InteractionData.
+
+        Raises:
+          DataError: duplicates under "error"; more than 2**31-1 users or items.
+        """
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
         if len(user_ids) > np.iinfo(np.int32).max or len(item_ids) > np.iinfo(np.int32).max:
             raise DataError("more than 2**31-1 distinct users or items", source)
-        ts = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)
-
-        users, items, vals, ts, order = _resolve_duplicates(
-            users.astype(np.int64), items.astype(np.int64), vals, ts, len(item_ids),
-            duplicates, source, line_numbers)
+        if _has_duplicate_pairs(users, items, len(item_ids)):
+            users, items, values, timestamps, _ = _resolve_duplicates(
+                users.astype(np.int64), items.astype(np.int64), values, timestamps,
+                len(item_ids), duplicates, source, line_numbers)
         titles = None
         if item_titles:
             titles = np.array([str(item_titles.get(_py(r), "")) for r in item_ids])
-        return cls(users=users, items=items, values=vals, timestamps=ts, user_ids=user_ids,
-                   item_ids=item_ids, rating_scale=rating_scale, implicit=bool(implicit),
-                   item_titles=titles, name=name)
+        return cls(users=users, items=items, values=values, timestamps=timestamps,
+                   user_ids=user_ids, item_ids=item_ids, rating_scale=rating_scale,
+                   implicit=bool(implicit), item_titles=titles, name=name)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -169,8 +219,13 @@ class InteractionData:
 
     def summary(self) -> dict:
         """Counts for `tfmf data inspect`: ratings, users, items, density, rating scale."""
-        active_users = int(np.unique(self.users).size) if self.nnz else 0
-        active_items = int(np.unique(self.items).size) if self.nnz else 0
+        # Presence flags, not bincount: bincount would first copy the int32 indices to int64.
+        seen_users = np.zeros(self.n_users, bool)
+        seen_users[self.users] = True
+        seen_items = np.zeros(self.n_items, bool)
+        seen_items[self.items] = True
+        active_users = int(np.count_nonzero(seen_users))
+        active_items = int(np.count_nonzero(seen_items))
         out = {
             "name": self.name,
             "ratings": self.nnz,
@@ -242,11 +297,12 @@ class InteractionData:
         if min_item_interactions > 0:
             counts = np.bincount(self.items[keep], minlength=self.n_items)
             keep &= counts[self.items] >= min_item_interactions
-        users_used = np.unique(self.users[keep])
-        items_used = np.unique(self.items[keep])
-        umap = np.full(self.n_users, -1, np.int64)
+        # Sorted distinct indices from counts (no sort over all rows).
+        users_used = np.flatnonzero(np.bincount(self.users[keep], minlength=self.n_users))
+        items_used = np.flatnonzero(np.bincount(self.items[keep], minlength=self.n_items))
+        umap = np.full(self.n_users, -1, np.int32)
         umap[users_used] = np.arange(len(users_used))
-        imap = np.full(self.n_items, -1, np.int64)
+        imap = np.full(self.n_items, -1, np.int32)
         imap[items_used] = np.arange(len(items_used))
         return replace(
             self,
@@ -308,6 +364,93 @@ class InteractionData:
 
 
 # ---------------------------------------------------------------------- helpers
+#: Integer ids spanning at most this many values (or 2 x their count) are encoded with a
+#: lookup table over [min, max]; wider ranges go through a hash (pandas) and a searchsorted.
+_LUT_SPAN = 1 << 24
+
+
+def encode_ids(raw: np.ndarray | Sequence[Any] | list[np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Raw ids -> (sorted distinct ids, int32 index of each raw id), like ``np.unique``.
+
+    Integer ids are encoded without a sort over all rows: a presence table over their range
+    (dense ids such as MovieLens') or a hash of the distinct values (pandas) then a
+    ``searchsorted`` over the few distinct ones. Other ids (strings) use ``np.unique``.
+
+    Args:
+      raw: 1-D ids, or a list of 1-D integer arrays (blocks of one column, encoded into one
+        int32 output without concatenating the raw ids).
+
+    Returns:
+      (ids, codes): ``ids[codes] == raw`` (the blocks concatenated).
+    """
+    parts = list(raw) if isinstance(raw, list) and raw and isinstance(raw[0], np.ndarray) \
+        else [np.asarray(raw)]
+    n = sum(p.size for p in parts)
+    if n == 0 or any(p.dtype.kind not in "iu" for p in parts):
+        whole = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        ids, codes = np.unique(whole, return_inverse=True)
+        return ids, codes.reshape(-1).astype(np.int32)
+    dtype = np.result_type(*[p.dtype for p in parts])
+    if dtype.kind == "i":
+        dtype = np.dtype(np.int64)  # raw integer ids are int64 whatever width they arrive in
+    lo = min(int(p.min()) for p in parts if p.size)
+    hi = max(int(p.max()) for p in parts if p.size)
+    base = lo if lo < 0 or lo > hi - lo else 0  # ids from ~0 (the usual) index the table as-is
+    span = hi - base + 1
+    codes = np.empty(n, np.int32)
+    if span <= max(_LUT_SPAN, 2 * n):
+        present = np.zeros(span, bool)
+        for p in parts:
+            present[p - base if base else p] = True
+        ids = (np.flatnonzero(present) + base).astype(dtype)
+        lut = np.cumsum(present, dtype=np.int32)
+        lut -= 1
+        del present
+        off = 0
+        for p in parts:
+            codes[off:off + p.size] = lut[p - base if base else p]
+            off += p.size
+        return ids, codes
+    import pandas as pd
+
+    ids = np.sort(pd.unique(np.concatenate([pd.unique(p) for p in parts])))
+    off = 0
+    for p in parts:
+        codes[off:off + p.size] = np.searchsorted(ids, p)
+        off += p.size
+    return ids, codes
+
+
+def _has_duplicate_pairs(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
+    """Whether some (user, item) pair repeats: a sortedness pass, else one sort of the keys."""
+    n = len(users)
+    if n < 2:
+        return False
+    step, prev, ordered = 1 << 20, np.int64(-1), True
+    for lo in range(0, n, step):  # strictly increasing keys, checked chunk by chunk
+        key = users[lo:lo + step].astype(np.int64)
+        key *= n_items
+        key += items[lo:lo + step]
+        if key[0] <= prev or not bool(np.all(key[1:] > key[:-1])):
+            ordered = False
+            break
+        prev = key[-1]
+    if ordered:
+        return False
+    key = users.astype(np.int64)
+    key *= n_items
+    key += items
+    key.sort()
+    return bool(np.any(key[1:] == key[:-1]))
+
+
+def _line(line_numbers, i: int) -> int | None:
+    if line_numbers is None:
+        return None
+    return int(line_numbers(i)) if callable(line_numbers) else int(line_numbers[i])
+
+
 def _py(x: Any) -> Any:
     return x.item() if hasattr(x, "item") else x
 
@@ -349,8 +492,8 @@ def _resolve_duplicates(users, items, vals, ts, n_items, policy, source, line_nu
         j = int(np.flatnonzero(~is_first)[0])
         i = int(order[j])
         n_dup = int((~is_first).sum())
-        line = int(line_numbers[i]) if line_numbers is not None else None
-        first_line = int(line_numbers[order[j - 1]]) if line_numbers is not None else None
+        line = _line(line_numbers, i)
+        first_line = _line(line_numbers, int(order[j - 1]))
         extra = f" (first seen at line {first_line})" if first_line is not None else ""
         raise DataError(
             f"duplicate (user, item) pair{extra}; {n_dup} duplicate row(s). "

@@ -10,12 +10,22 @@ from tfmf.errors import DataError
 SYNTHETIC = ("synthetic-explicit", "synthetic-implicit")
 
 
-def load_raw(cfg: DataConfig) -> InteractionData:
+def is_sharded(source: str) -> bool:
+    """Whether ``source`` is a directory written by ``tfmf data convert`` (or its manifest)."""
+    from tfmf.data.shards import MANIFEST
+
+    return (os.path.basename(source) == MANIFEST and os.path.isfile(source)) or \
+        os.path.isfile(os.path.join(source, MANIFEST))
+
+
+def load_raw(cfg: DataConfig, rank: int = 0, size: int = 1) -> InteractionData:
     """Loads ``cfg.source`` without binarizing or filtering.
 
     Sources: "sample", a MovieLens release name (see :data:`tfmf.data.movielens.SPECS`),
-    "synthetic-explicit", "synthetic-implicit" (parameters from ``cfg.synthetic``), or a path
-    read by :func:`tfmf.data.readers.read_table` with the config's format options.
+    "synthetic-explicit", "synthetic-implicit" (parameters from ``cfg.synthetic``), a
+    directory written by ``tfmf data convert`` (or its manifest.json: only rank ``rank`` of
+    ``size``'s shards are read, see :func:`tfmf.data.shards.read_shards`), or a path read by
+    :func:`tfmf.data.readers.read_table` with the config's format options.
     """
     from tfmf.data import movielens
 
@@ -36,6 +46,10 @@ def load_raw(cfg: DataConfig) -> InteractionData:
                                                s.seed, rating_scale=scale)[0]
         return synthetic.implicit_power_law(s.n_users, s.n_items, s.nnz, s.popularity_exponent,
                                             s.activity_exponent, s.seed)
+    if is_sharded(src):
+        from tfmf.data.shards import read_shards
+
+        return read_shards(src, rank, size)
     if not os.path.exists(src):
         known = ["sample", *movielens.SPECS, *SYNTHETIC]
         raise DataError(f"no such file, and not a known dataset name (known: {', '.join(known)})",
@@ -47,11 +61,13 @@ def load_raw(cfg: DataConfig) -> InteractionData:
                       duplicates=cfg.duplicates, implicit=cfg.implicit)
 
 
-def load_dataset(cfg: DataConfig) -> InteractionData:
+def load_dataset(cfg: DataConfig, rank: int = 0, size: int = 1) -> InteractionData:
     """Loads ``cfg.source``, then applies ``binarize_threshold`` and the min-count filters.
 
     Args:
       cfg: data section of a run config.
+      rank, size: for a sharded source (``tfmf data convert``), read only the shards of rank
+        ``rank`` of ``size`` (indices stay global). Other sources ignore them.
 
     Returns:
       InteractionData (re-indexed contiguously when users/items were dropped).
@@ -59,7 +75,16 @@ def load_dataset(cfg: DataConfig) -> InteractionData:
     Raises:
       DataError: unknown source, missing file/copy, or malformed data.
     """
-    data = load_raw(cfg)
+    if size > 1 and (cfg.min_user_interactions > 0 or cfg.min_item_interactions > 0) \
+            and is_sharded(cfg.source):
+        from tfmf.errors import ConfigError
+
+        raise ConfigError("a rank's shards cannot be filtered on their own (every rank must "
+                          "keep the global id space): filter when converting, e.g. `tfmf data "
+                          "convert SOURCE --out DIR --set data.min_user_interactions=5`",
+                          key="data.min_user_interactions" if cfg.min_user_interactions
+                          else "data.min_item_interactions")
+    data = load_raw(cfg, rank, size)
     if cfg.binarize_threshold is not None:
         data = data.binarize(cfg.binarize_threshold)
     if cfg.min_user_interactions > 0 or cfg.min_item_interactions > 0:

@@ -69,7 +69,11 @@ class KFold:
         order = (np.random.default_rng(self.seed).permutation(data.nnz) if self.shuffle
                  else np.arange(data.nnz))
         fold_of = np.empty(data.nnz, np.int32)
-        fold_of[order] = np.arange(data.nnz) * self.n_splits // data.nnz
+        position = np.arange(data.nnz, dtype=np.int64)
+        position *= self.n_splits
+        position //= data.nnz
+        fold_of[order] = position
+        del position, order
         for k in range(self.n_splits):
             yield _mask_split(data, fold_of == k)
 
@@ -99,14 +103,32 @@ def official_folds(names=("u1", "u2", "u3", "u4", "u5"),
         yield load_ml100k_fold(name, data_dir, data)
 
 
+_CHUNK = 1 << 22  # rows per vectorized step in the per-row passes (bounds temporaries)
+
+
 def _rank_within_user(users: np.ndarray, sort_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rank of each row among its user's rows by sort_key, row count of its user)."""
+    """(int32 rank of each row among its user's rows by sort_key, row count of each user).
+
+    Ties in ``sort_key`` keep row order (lexsort is stable). The rank is filled chunk by
+    chunk, so the temporaries are a few bytes per row of one chunk, not of the whole data.
+    """
     order = np.lexsort((sort_key, users))
     counts = np.bincount(users, minlength=int(users.max()) + 1 if len(users) else 0)
     starts = np.cumsum(counts) - counts
-    rank = np.empty(len(users), np.int64)
-    rank[order] = np.arange(len(users)) - starts[users[order]]
-    return rank, counts[users]
+    rank = np.empty(len(users), np.int32)
+    for lo in range(0, len(users), _CHUNK):
+        rows = order[lo:lo + _CHUNK]
+        rank[rows] = np.arange(lo, lo + len(rows)) - starts[users[rows]]
+    return rank, counts
+
+
+def _rank_at_least(rank: np.ndarray, users: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Bool per row: ``rank >= threshold[user]`` (threshold per user), chunk by chunk."""
+    out = np.empty(len(rank), bool)
+    for lo in range(0, len(rank), _CHUNK):
+        hi = lo + _CHUNK
+        np.greater_equal(rank[lo:hi], threshold[users[lo:hi]], out=out[lo:hi])
+    return out
 
 
 def temporal_split(data: InteractionData, test_fraction: float = 0.2,
@@ -135,11 +157,12 @@ def temporal_split(data: InteractionData, test_fraction: float = 0.2,
         return _mask_split(data, mask)
     if mode != "user":
         raise DataError(f"temporal mode must be 'user' or 'global', got {mode!r}")
-    # lexsort is stable, so equal timestamps keep row order.
+    # lexsort is stable, so equal timestamps keep row order. Per-user counts: the same
+    # arithmetic as per row, on n_users values.
     rank, count = _rank_within_user(data.users, data.timestamps)
     n_test = np.clip(np.rint(test_fraction * count), (count >= 2).astype(np.int64),
                      np.maximum(count - 1, 0))
-    return _mask_split(data, rank >= count - n_test)
+    return _mask_split(data, _rank_at_least(rank, data.users, count - n_test))
 
 
 def _fold_in_target(data: InteractionData, test_users: np.ndarray, fold_in_fraction: float,
@@ -154,8 +177,10 @@ def _fold_in_target(data: InteractionData, test_users: np.ndarray, fold_in_fract
     is_test = held[data.users]
     rank, count = _rank_within_user(data.users, rng.random(data.nnz))
     n_fold_in = np.where(count >= 2, np.clip(np.rint(fold_in_fraction * count), 1, count - 1),
-                         count)
-    target = is_test & (rank >= n_fold_in)
+                         count)  # per user
+    target = _rank_at_least(rank, data.users, n_fold_in)
+    del rank
+    target &= is_test
     return StrongSplit(train=data.subset(~is_test), fold_in=data.subset(is_test & ~target),
                        target=data.subset(target),
                        test_users=np.sort(test_users).astype(np.int32))
