@@ -82,6 +82,9 @@ class atomic_directory:
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)
         self.tmp = tempfile.mkdtemp(prefix=os.path.basename(self.path) + ".tmp-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the result from others
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -340,9 +340,9 @@ class InteractionData:
             arrays["item_titles"] = self.item_titles
         meta = {"rating_scale": self.rating_scale, "implicit": self.implicit, "name": self.name}
         arrays["meta"] = np.array(json.dumps(meta))
-        tmp = path + ".tmp.npz"
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
+        from tfmf.fileio import atomic_write
+
+        atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InteractionData":

@@ -23,13 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from tfmf.data.interactions import InteractionData
 from tfmf.errors import DataError
+from tfmf.fileio import atomic_directory
 
 FORMAT = "tfmf-shards"
 VERSION = 1
@@ -89,13 +88,7 @@ def write_shards(data: InteractionData, out_dir: str | os.PathLike, n_shards: in
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise DataError("output exists and is not an empty directory; choose a new --out",
                         out_dir)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the dataset from other users
-    try:
+    with atomic_directory(out_dir) as tmp:
         files = {}
 
         def put(table, name: str) -> dict:
@@ -138,12 +131,6 @@ def write_shards(data: InteractionData, out_dir: str | os.PathLike, n_shards: in
             raise AssertionError("shards do not cover every row")
         with open(os.path.join(tmp, MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=1)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked above)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
