@@ -10,7 +10,7 @@ import os
 import pytest
 
 import tfmf  # noqa: F401
-from pipelines import demo
+from tfmf import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RANKING = {"ease", "ials", "mult_vae", "mult_dae"}

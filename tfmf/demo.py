@@ -1,8 +1,9 @@
-"""`make demo`: train every model that has a sample config on the embedded sample data and
-print one metrics table.
+"""`make demo` / `tfmf demo`: train every model that has a sample config on the embedded sample
+data and print one metrics table.
 
 Each configs/sample_*.yaml is a complete run (holdout split of the sample dataset); runs go
-to runs/demo/<config name>. Each table compares the models with its group's baseline: RMSE
+to runs/demo/<config name>. The configs come from the source checkout's configs/ or, in an
+installed wheel, from ``<prefix>/share/tfmf/configs`` (setup.cfg's data_files). Each table compares the models with its group's baseline: RMSE
 relative to the bias baseline (below 1 is better) and NDCG@100 relative to popularity (above 1
 is better).
 
@@ -29,18 +30,38 @@ import glob
 import os
 import shutil
 import sys
+import sysconfig
 import time
 
 import tfmf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from tfmf.config import load_config
 from tfmf.errors import TfmfError
 
+#: The source checkout tfmf/ lives in (holds configs/ and pipelines/ when run from a clone).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_dir() -> str | None:
+    """configs/ of the source checkout, else the installed ``<prefix>/share/tfmf/configs``."""
+    for d in (os.path.join(ROOT, "configs"),
+              os.path.join(sysconfig.get_path("data"), "share", "tfmf", "configs")):
+        if glob.glob(os.path.join(d, "sample_*.yaml")):
+            return d
+    return None
+
+
+def default_output_dir() -> str:
+    """runs/demo in the source checkout; ./runs/demo for an installed package."""
+    base = ROOT if os.path.isdir(os.path.join(ROOT, "configs")) else os.getcwd()
+    return os.path.join(base, "runs", "demo")
 
 
 def sample_configs() -> list[str]:
     """configs/sample_*.yaml except the tuning configs (those run with `tfmf tune`)."""
-    return sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "sample_*.yaml"))
+    d = config_dir()
+    if d is None:
+        return []
+    return sorted(p for p in glob.glob(os.path.join(d, "sample_*.yaml"))
                   if not p.endswith("_tune.yaml"))
 
 
@@ -73,13 +94,28 @@ def run_configs(paths: list[str], output_dir: str) -> list[tuple[str, dict, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--configs", nargs="*", help="config files (default: configs/sample_*.yaml)")
-    p.add_argument("--output-dir", default=os.path.join(ROOT, "runs", "demo"))
+    p = argparse.ArgumentParser(prog="tfmf demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
     args = p.parse_args(argv)
+    return run(args)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's options (shared by ``python -m pipelines.demo`` and ``tfmf demo``)."""
+    p.add_argument("--configs", nargs="*", help="config files (default: configs/sample_*.yaml)")
+    p.add_argument("--output-dir", default=None,
+                   help="where the runs go (default: runs/demo in the checkout, else ./runs/demo)")
+
+
+def run(args) -> int:
+    """Trains the configs named by ``args`` and prints the table; returns the exit code."""
+    args.output_dir = args.output_dir or default_output_dir()
     paths = args.configs or sample_configs()
     if not paths:
-        print("no configs/sample_*.yaml found", file=sys.stderr)
+        print("no configs/sample_*.yaml found (neither in a source checkout nor in "
+              f"{os.path.join(sysconfig.get_path('data'), 'share', 'tfmf', 'configs')})",
+              file=sys.stderr)
         return 2
     try:
         rows = run_configs(paths, args.output_dir)

@@ -24,7 +24,7 @@ a popularity-only sample lacks: *who rates what* and *how they rate it* both dep
   noise ``e``.
 
 On this sample every learned ranking model beats popularity and every rating model beats the
-bias baseline, with margins like MovieLens-100K's (the measured table is in pipelines/demo.py).
+bias baseline, with margins like MovieLens-100K's (the measured table is in tfmf/demo.py).
 """
 from __future__ import annotations
 
