@@ -9,6 +9,7 @@ import glob
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -284,3 +285,69 @@ def test_unexpected_error_exits_1_with_traceback(capsys, trained_run, monkeypatc
     monkeypatch.setattr(runner, "evaluate_run", boom)
     code, _, err = run(capsys, "evaluate", trained_run)
     assert code == 1 and "Traceback" in err and "kaboom" in err
+
+
+# --------------------------------------------------------------------------- output
+STAGE_LINE = r"^{} \.\.\. \d+\.\d\d s$"
+#: What TensorFlow's C++ side prints on start-up (absl and TF log formats, CUDA, oneDNN, TRT).
+TF_NOISE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+                      r"|I0000|W0000|E0000|cuda|cuDNN|cuBLAS|cuFFT|oneDNN|TF-TRT|absl::",
+                      re.MULTILINE)
+
+
+def _tfmf_subprocess(*argv, env_extra=None, timeout=600):
+    """`python -m tfmf ARGV` from the repository root, without a TF_CPP_MIN_LOG_LEVEL."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(env_extra or {})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "tfmf", *map(str, argv)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_prints_no_tensorflow_log_lines(tmp_path):
+    """Issue 16's acceptance: the biased MF sample run (one epoch) shows only tfmf's output."""
+    res = _tfmf_subprocess("train", "--config", "configs/sample_biased_mf.yaml",
+                           "--run-dir", tmp_path / "run", "--set", "train.epochs=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for stream in (res.stdout, res.stderr):
+        hit = TF_NOISE.search(stream)
+        assert hit is None, stream[max(0, hit.start() - 200):hit.end() + 200]
+    assert re.search(STAGE_LINE.format("load"), res.stderr, re.MULTILINE), res.stderr
+    assert "rmse" in res.stdout
+
+
+def test_verbose_shows_what_tensorflow_prints(tmp_path):
+    """--verbose hands TensorFlow's logging back: whatever a bare `import tensorflow` prints
+    on this machine (CUDA plugin lines on the pip wheels) appears again."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    bare = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if not TF_NOISE.search(bare.stderr):
+        pytest.skip("this TensorFlow build prints nothing on import")
+    res = _tfmf_subprocess("--verbose", "train", "--config", SAMPLE_CONFIG,
+                           "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert TF_NOISE.search(res.stderr), res.stderr
+    # The user's own level wins over the default, in both directions.
+    res = _tfmf_subprocess("train", "--config", SAMPLE_CONFIG, "--run-dir", tmp_path / "run2",
+                           env_extra={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert res.returncode == 0 and TF_NOISE.search(res.stderr), res.stderr
+
+
+def test_stage_lines_and_quiet(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "--config", SAMPLE_CONFIG, "--run-dir", tmp_path / "a")
+    assert code == 0, err
+    assert re.search(STAGE_LINE.format("load"), err, re.MULTILINE), err
+    assert "load ..." not in out  # stdout holds results only
+    code, out, err = run(capsys, "evaluate", tmp_path / "a")
+    assert code == 0, err
+    for name in ("load", "evaluate"):
+        assert re.search(STAGE_LINE.format(name), err, re.MULTILINE), err
+    code, _, err = run(capsys, "evaluate", tmp_path / "a", "--quiet")
+    assert code == 0 and " ... " not in err, err
+
+
+def test_verbose_is_a_global_flag():
+    args = build_parser().parse_args(["--verbose", "data", "inspect", "sample"])
+    assert args.verbose is True
+    assert build_parser().parse_args(["data", "inspect", "sample"]).verbose is False
