@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfmf import distributed, registry
+from tfmf import distributed, progress, registry
 from tfmf.config import RunConfig
 from tfmf.data.interactions import InteractionData
 from tfmf.rundir import RunDir
@@ -105,28 +105,38 @@ def train(cfg: RunConfig, run_dir: str | None = None, *, resume: bool = False,
     if chief:
         rd.prepare(cfg.to_yaml(), resume=resume, check_resumable=lambda d: check_resumable(d, cfg))
     try:
-        data = data if data is not None else load_data(cfg)
-        fold = first_split(cfg, data)
-        fit_part, validation, test = carve_validation(
-            fold, fraction=cfg.train.validation_fraction, users=cfg.data.split.validation_users,
-            fold_in_fraction=cfg.data.split.fold_in_fraction, seed=cfg.data.split.seed)
+        if data is None:
+            with progress.stage("load"):
+                data = load_data(cfg)
+        with progress.stage("split"):
+            fold = first_split(cfg, data)
+            fit_part, validation, test = carve_validation(
+                fold, fraction=cfg.train.validation_fraction,
+                users=cfg.data.split.validation_users,
+                fold_in_fraction=cfg.data.split.fold_in_fraction, seed=cfg.data.split.seed)
         _check_split_sizes(cfg, data, fit_part, test)
         model = registry.create(cfg.model_name, cfg.model)
-        model.fit(fit_part, cfg.train, validation=validation, run_dir=rd, resume=resume)
+        with progress.stage("fit"):
+            model.fit(fit_part, cfg.train, validation=validation, run_dir=rd, resume=resume)
         # The test part, once: nothing above saw it.
-        metrics = evaluate(model, test, cfg.eval) if test is not None else {}
+        with progress.stage("evaluate"):
+            metrics = evaluate(model, test, cfg.eval) if test is not None else {}
         if chief:
-            rd.save_model(model)
-            rd.save_ids(data)
-            rd.plot_learning_curve(model.history)
-            rd.write_metrics({"model": cfg.model_name, "data": data.name,
-                              "n_train": fit_part.nnz,
-                              "n_validation": _size(validation),
-                              "best_epoch": getattr(model, "best_epoch", None),
-                              "metrics": metrics})
+            with progress.stage("save"):
+                _save_run(rd, cfg, data, model, fit_part, validation, metrics)
     finally:
         rd.unlock()
     return RunResult(run_dir=rd.path, metrics=metrics, history=model.history, model=model)
+
+
+def _save_run(rd: RunDir, cfg: RunConfig, data, model, fit_part, validation, metrics) -> None:
+    """The finished run's files, metrics.json last."""
+    rd.save_model(model)
+    rd.save_ids(data)
+    rd.plot_learning_curve(model.history)
+    rd.write_metrics({"model": cfg.model_name, "data": data.name, "n_train": fit_part.nnz,
+                      "n_validation": _size(validation),
+                      "best_epoch": getattr(model, "best_epoch", None), "metrics": metrics})
 
 
 def _size(part) -> int:
