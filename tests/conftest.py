@@ -1,12 +1,15 @@
 """Shared fixtures for the data tests."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import tfmf  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
 import pytest
 
-ML100K_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the project (CI, the README), or $TFMF_DATA_DIR (e.g. a worktree).
+ML100K_DIR = Path(os.environ.get("TFMF_DATA_DIR")
+                  or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
