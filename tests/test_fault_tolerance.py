@@ -53,11 +53,12 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
 
 def _latest_epoch(run_dir: Path) -> int:
     """Epochs the latest (BackupAndRestore) checkpoint holds (0 when there is none yet)."""
+    from tfmf.errors import CheckpointError
     from tfmf.training.callbacks import completed_epochs
 
     try:
         return completed_epochs(str(run_dir / "checkpoints")) or 0
-    except (tf.errors.OpError, ValueError):
+    except CheckpointError:
         return 0  # caught between the index and the data file of a first save
 
 

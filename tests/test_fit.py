@@ -205,3 +205,24 @@ def test_loss_trackers_are_not_weights():
     m = Tiny()
     assert len(m.weights) == 3  # embeddings, kernel, bias: no tracker state
     assert len(m.metrics) == 3  # loss, data, l2 trackers (reset by Keras every epoch)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_resume_from_a_corrupt_checkpoint_refuses_clearly(tmp_path, damage):
+    from tfmf.errors import CheckpointError
+
+    fit(TrainConfig(epochs=2, learning_rate=0.05, verbose=0), run_dir=str(tmp_path))
+    chief = tmp_path / "checkpoints" / "chief"
+    data = sorted(chief.glob("*.data-*"))[0]
+    raw = bytearray(data.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw[len(raw) // 2] ^= 0xFF  # one flipped byte: the tensor's CRC32C no longer matches
+    data.write_bytes(bytes(raw))
+    before = (tmp_path / "history.csv").read_text()
+    with pytest.raises(CheckpointError) as e:
+        fit(TrainConfig(epochs=4, learning_rate=0.05, verbose=0), run_dir=str(tmp_path),
+            resume=True)
+    assert str(chief) in str(e.value) and "without --resume" in str(e.value)
+    assert (tmp_path / "history.csv").read_text() == before  # the run dir is left as it was

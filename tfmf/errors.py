@@ -66,3 +66,11 @@ class MemoryBudgetError(ConfigError):
         self.needed, self.available = needed, available
         super().__init__(message, key=None)
         self.key = key
+
+
+class CheckpointError(TfmfError, RuntimeError):
+    """A checkpoint to resume from is truncated or corrupt (``path`` names it)."""
+
+    def __init__(self, message: str, path: str | None = None):
+        self.path = str(path) if path is not None else None
+        super().__init__(message)

@@ -180,11 +180,33 @@ class SyncStart(tf_keras.callbacks.Callback):
         distributed.broadcast_variables(opt.variables() + loss_scale_variables(opt))
 
 
-def completed_epochs(backup_dir: str) -> int | None:
-    """Epochs a BackupAndRestore checkpoint under ``backup_dir`` holds (None: no checkpoint)."""
+def completed_epochs(backup_dir: str, verify: bool = False) -> int | None:
+    """Epochs a BackupAndRestore checkpoint under ``backup_dir`` holds (None: no checkpoint).
+
+    Args:
+      backup_dir: the directory given to BackupAndRestore.
+      verify: read every tensor of the checkpoint first (a resume must not start from a
+        truncated or corrupt file; TensorFlow checks each tensor's CRC32C as it reads it).
+
+    Raises:
+      CheckpointError: the checkpoint cannot be read (named, with TensorFlow's reason).
+    """
     import os
+
+    from tfmf.errors import CheckpointError
 
     latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
     if latest is None:
         return None
-    return int(tf.train.load_variable(latest, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
+    try:
+        reader = tf.train.load_checkpoint(latest)
+        if verify:
+            for key in reader.get_variable_to_shape_map():
+                reader.get_tensor(key)
+        return int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
+    except (tf.errors.OpError, ValueError, KeyError, IndexError) as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        raise CheckpointError(
+            f"the checkpoint {latest} cannot be restored ({reason.splitlines()[0][:200]}); "
+            "Keras keeps only the latest backup, so there is no earlier one to fall back to: "
+            "train again without --resume (or into a new run directory)", path=latest) from None

@@ -141,7 +141,7 @@ def fit(model: tf_keras.Model, dataset: tf.data.Dataset, cfg: TrainConfig, *,
         # from the broadcast at the start of training (cb.SyncStart).
         backup_dir = rd.checkpoints
     if resume:
-        done = cb.completed_epochs(backup_dir) if backup_dir else None
+        done = cb.completed_epochs(backup_dir, verify=True) if backup_dir else None
         if done is None and chief:
             where = rd.checkpoints if rd is not None else "(no run directory)"
             raise FileNotFoundError(f"nothing to resume: no checkpoint under {where}")
