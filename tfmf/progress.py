@@ -51,7 +51,8 @@ def is_enabled(verbose: bool | None = None) -> bool:
 def stage(name: str, verbose: bool | None = None, stream: TextIO | None = None) -> Iterator[None]:
     """Times the block and prints ``"<name> ... <seconds> s"`` when it ends.
 
-    A block that raises prints ``"<name> ... failed after <seconds> s"`` and re-raises.
+    A block that raises prints nothing and re-raises: the error's own message (which the CLI
+    prints first on stderr, ``tfmf: error: ...``) says what failed.
 
     Args:
       name: the stage (load, split, fit, evaluate, save...).
@@ -62,11 +63,7 @@ def stage(name: str, verbose: bool | None = None, stream: TextIO | None = None) 
         yield
         return
     t0 = time.perf_counter()
-    try:
-        yield
-    except BaseException:
-        _print(f"{name} ... failed after {time.perf_counter() - t0:.2f} s", stream)
-        raise
+    yield
     _print(f"{name} ... {time.perf_counter() - t0:.2f} s", stream)
 
 
