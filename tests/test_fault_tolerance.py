@@ -135,6 +135,47 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert _history_epochs(killed) == _history_epochs(straight) == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_stops_at_the_epoch_boundary_and_resume_matches(tmp_path, sig):
+    """A scheduler's SIGTERM (or Ctrl-C) mid-epoch: the epoch ends, its checkpoint is written,
+    the command exits 2 naming the signal; --resume then reaches the uninterrupted result."""
+    sets = ("train.deterministic=true", "train.batch_size=32", "train.epochs=4",
+            "train.checkpoint_every=2", "train.verbose=0")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    log_s, log_k = tmp_path / "straight.log", tmp_path / "stopped.log"
+    ref = _spawn(_train_argv(straight, *sets), log_s)
+    victim = _spawn(_train_argv(stopped, *sets), log_k)
+    try:
+        # Wait until epoch 1 is under way (its TensorBoard file exists), then signal.
+        deadline = time.monotonic() + 120
+        while not (stopped / "tensorboard").exists():
+            assert victim.poll() is None, log_k.read_text()
+            assert time.monotonic() < deadline, "training did not start in time"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        victim.send_signal(sig)
+        rc = victim.wait(timeout=180)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    out = log_k.read_text()
+    assert rc == 2, out[-3000:]
+    name = signal.Signals(sig).name
+    assert f"stopped by {name} after epoch" in out and "--resume" in out
+    stopped_at = int(out.split(f"stopped by {name} after epoch ")[1].split(";")[0])
+    assert 1 <= stopped_at < 4
+    # checkpoint_every=2, yet the stopping epoch was saved: nothing is lost.
+    assert _assert_latest_checkpoint_restores(stopped) == stopped_at
+    assert _history_epochs(stopped) == list(range(1, stopped_at + 1))
+    assert not (stopped / "metrics.json").exists() and not (stopped / ".lock").exists()
+    _finish(_spawn(["train", "--resume", str(stopped), "--quiet"], log_k), log_k)
+    _finish(ref, log_s)
+    a, b = _metrics(stopped), _metrics(straight)
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-6), k
+    assert _history_epochs(stopped) == [1, 2, 3, 4]
+
+
 def test_kills_around_checkpoint_saves_never_corrupt_the_latest(tmp_path):
     # Tiny epochs (6 steps + validation + a save each): a random kill often lands in a save.
     run_dir, log = tmp_path / "run", tmp_path / "run.log"

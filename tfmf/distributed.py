@@ -145,6 +145,17 @@ def broadcast_object(obj: Any, name: str | None = None) -> Any:
     return _hvd.broadcast_object(obj, root_rank=0, name=name)
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any rank (so all ranks stop together)."""
+    if not is_distributed():
+        return bool(flag)
+    import tensorflow as tf
+
+    total = _hvd.allreduce(tf.constant([1.0 if flag else 0.0], tf.float32), op=_hvd.Sum,
+                           name="tfmf_any_rank")
+    return bool(total.numpy()[0] > 0)
+
+
 def barrier() -> None:
     """Blocks until every rank reaches it (no-op in one process)."""
     if is_distributed():

@@ -74,3 +74,12 @@ class CheckpointError(TfmfError, RuntimeError):
     def __init__(self, message: str, path: str | None = None):
         self.path = str(path) if path is not None else None
         super().__init__(message)
+
+
+class Interrupted(TfmfError, RuntimeError):
+    """Training stopped on a signal after ``epoch``, whose checkpoint was written."""
+
+    def __init__(self, epoch: int, signal_name: str):
+        self.epoch, self.signal_name = epoch, signal_name
+        super().__init__(f"stopped by {signal_name} after epoch {epoch}; its checkpoint is in "
+                         "the run directory: continue with `tfmf train --resume RUN_DIR`")

@@ -12,6 +12,8 @@
 * :class:`EpochBackup`: Keras' BackupAndRestore saving every N epochs and at the last one.
 * :class:`SyncStart`: on a resumed Horovod fit, rank 0's restored state on every rank before
   the first step.
+* :class:`StopOnSignal`: SIGTERM/SIGINT end the fit at the next epoch boundary, after that
+  epoch's checkpoint, with :class:`~tfmf.errors.Interrupted` (every Horovod rank together).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfmf import distributed
-from tfmf.errors import TrainingDiverged
+from tfmf.errors import Interrupted, TrainingDiverged
 from tfmf.training.optimizers import create_slots, current_lr
 
 
@@ -178,6 +180,61 @@ class SyncStart(tf_keras.callbacks.Callback):
         create_slots(opt, self.model.trainable_variables)
         distributed.broadcast_variables(self.model.variables)
         distributed.broadcast_variables(opt.variables() + loss_scale_variables(opt))
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+class StopOnSignal(tf_keras.callbacks.Callback):
+    """SIGTERM / SIGINT (a scheduler's preemption, Ctrl-C): finish the current epoch, let the
+    checkpoint callbacks save it, then raise :class:`~tfmf.errors.Interrupted`.
+
+    The epoch boundary is the safe point: ``--resume`` continues from there to the same
+    weights as an uninterrupted run (bitwise). Place it after the checkpoint callbacks. Under
+    Horovod the ranks agree (an allreduce of the flag) so they all stop after the same epoch.
+    A second signal stops at once (KeyboardInterrupt; the previous checkpoint stays). The
+    previous handlers are restored when training ends.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self, backup: "EpochBackup | None" = None):
+        super().__init__()
+        self.backup = backup  # saves the stopping epoch when it is not one it saves anyway
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # a second signal: stop now (the last checkpoint stays)
+            raise KeyboardInterrupt(f"second {signal_name(signum)} while stopping")
+        self.received = signum
+
+    def on_train_begin(self, logs=None):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if distributed.any_rank(self.received is not None):
+            if self.backup is not None and (epoch + 1) % self.backup.every:
+                self.backup._backup(epoch=epoch)
+            name = signal_name(self.received) if self.received else "a peer's signal"
+            raise Interrupted(epoch + 1, name)
+
+    def on_train_end(self, logs=None):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 def completed_epochs(backup_dir: str, verify: bool = False) -> int | None:

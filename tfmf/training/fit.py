@@ -172,10 +172,14 @@ def fit(model: tf_keras.Model, dataset: tf.data.Dataset, cfg: TrainConfig, *,
         cbs.append(cb.EpochCSVLogger(rd.history, append=resume))
         cbs.append(tf_keras.callbacks.TensorBoard(rd.tensorboard, write_graph=False,
                                                   profile_batch=0))
+    backup = None
     if backup_dir is not None:
-        cbs.append(cb.EpochBackup(backup_dir, cfg.checkpoint_every, cfg.epochs))
+        backup = cb.EpochBackup(backup_dir, cfg.checkpoint_every, cfg.epochs)
+        cbs.append(backup)
     if resume and distributed.is_distributed():
         cbs.append(cb.SyncStart())  # after the restore: every rank continues from rank 0's state
+    if rd is not None:
+        cbs.append(cb.StopOnSignal(backup))  # last: the epoch's checkpoint exists when it stops
     verbose = cfg.verbose if chief else 0
     keras_history = model.fit(dataset, epochs=cfg.epochs, callbacks=cbs, verbose=verbose,
                               initial_epoch=start)
