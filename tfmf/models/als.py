@@ -135,6 +135,14 @@ class IALSConfig(_ALSCommonConfig):
 
 
 # --------------------------------------------------------------------------- sparse rows
+def _upload_once(self) -> tuple[tf.Tensor, ...]:
+    """The arrays named by ``_uploaded`` as TF constants, uploaded once and reused every
+    half-step (the ``tensors()`` method of RowChunk and RowBlock)."""
+    if self._tensors is None:
+        self._tensors = tuple(tf.constant(getattr(self, name)) for name in self._uploaded)
+    return self._tensors
+
+
 @dataclass
 class RowChunk:
     """A chunk of CSR rows padded to its longest row.
@@ -151,13 +159,8 @@ class RowChunk:
     vals: np.ndarray
     mask: np.ndarray
     _tensors: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
-
-    def tensors(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(cols, vals, mask) as TF constants, uploaded once and reused every half-step."""
-        if self._tensors is None:
-            self._tensors = (tf.constant(self.cols), tf.constant(self.vals),
-                             tf.constant(self.mask))
-        return self._tensors
+    _uploaded = ("cols", "vals", "mask")
+    tensors = _upload_once
 
 
 def chunk_rows(m: sp.csr_matrix, chunk_size: int) -> list[RowChunk]:
@@ -251,13 +254,8 @@ class RowBlock:
     cols: np.ndarray
     vals: np.ndarray
     _tensors: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
-
-    def tensors(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(seg, cols, vals) as TF constants, uploaded once and reused every half-step."""
-        if self._tensors is None:
-            self._tensors = (tf.constant(self.seg), tf.constant(self.cols),
-                             tf.constant(self.vals))
-        return self._tensors
+    _uploaded = ("seg", "cols", "vals")
+    tensors = _upload_once
 
 
 def block_rows(m: sp.csr_matrix, max_entries: int = _BLOCK_ENTRIES) -> list[RowBlock]:
