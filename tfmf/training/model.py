@@ -28,30 +28,31 @@ import tensorflow as tf
 import tf_keras
 
 
+_NEVER = 2 ** 62  # the divergence marker's "no bad step yet"
+
+
 class _Untracked:
     """A plain holder Keras does not look into (its contents are not weights)."""
 
 
 class ComponentMeans(tf_keras.metrics.Metric):
-    """Epoch means of all loss components in one vector: two updates a step, not two per
-    component (a train step of MF is ~1 ms of small ops on a CPU, so each op counts)."""
+    """Epoch means of all loss components in one vector whose last entry counts the steps:
+    one update a step, not two per component (a train step of MF is ~1 ms of small ops on a
+    CPU, so each op counts)."""
 
     def __init__(self, names: tuple[str, ...], **kwargs):
         super().__init__(name="loss_components", **kwargs)
         self.names = tuple(names)
-        self.total = self.add_weight("total", shape=(len(self.names),), initializer="zeros")
-        self.count = self.add_weight("count", shape=(), initializer="zeros")
+        self.sums = self.add_weight("sums", shape=(len(self.names) + 1,), initializer="zeros")
 
     def update_state(self, values: tf.Tensor) -> None:
-        self.total.assign_add(values)
-        self.count.assign_add(1.0)
+        self.sums.assign_add(tf.concat([values, tf.ones([1], values.dtype)], 0))
 
     def result(self) -> tf.Tensor:
-        return self.total / tf.maximum(self.count, 1.0)
+        return self.sums[:-1] / tf.maximum(self.sums[-1], 1.0)
 
     def reset_state(self) -> None:
-        self.total.assign(tf.zeros_like(self.total))
-        self.count.assign(0.0)
+        self.sums.assign(tf.zeros_like(self.sums))
 
 
 class ComponentLossModel(tf_keras.Model):
@@ -70,7 +71,7 @@ class ComponentLossModel(tf_keras.Model):
         names = tuple(loss_components or type(self).loss_components)
         with tf.init_scope():
             state.means = ComponentMeans(names)
-            state.first_bad = tf.Variable(-1, dtype=tf.int64, trainable=False)
+            state.first_bad = tf.Variable(_NEVER, dtype=tf.int64, trainable=False)
         self._tfmf = state
 
     def compute_losses(self, batch, training: bool = False) -> dict[str, tf.Tensor]:
@@ -85,33 +86,47 @@ class ComponentLossModel(tf_keras.Model):
     @property
     def first_bad_step(self) -> int:
         """0-based global step of the first non-finite total loss (-1: none)."""
-        return int(self._tfmf.first_bad.numpy())
+        bad = int(self._tfmf.first_bad.numpy())
+        return -1 if bad == _NEVER else bad
 
     def reset_divergence(self) -> None:
-        self._tfmf.first_bad.assign(-1)
+        self._tfmf.first_bad.assign(_NEVER)
 
     def record(self, losses: dict, step) -> dict[str, tf.Tensor]:
         """Updates the trackers and the divergence marker; returns the logs of this step.
 
         The marker watches the first component (``loss``; a Gibbs sweep's train ``rmse``).
         """
+        self.accumulate(losses, step)
+        return self.epoch_logs()
+
+    def accumulate(self, losses: dict, step) -> None:
+        """The per-step bookkeeping alone: four small ops (stack, finite check, two updates)."""
         means = self._tfmf.means
         values = tf.stack([tf.cast(losses[name], tf.float32) for name in means.names])
-        # The first step whose watched loss is not finite: min over steps of (step if bad).
-        never = tf.constant(2 ** 62, tf.int64)
-        bad_at = tf.where(tf.math.is_finite(values[0]), never, tf.cast(step, tf.int64))
+        # The first step whose watched loss is not finite: the minimum over steps of
+        # (step if bad else "never"); "never" is the marker's reset value.
         marker = self._tfmf.first_bad
-        marker.assign(tf.where(marker < 0, tf.where(bad_at < never, bad_at, -1), marker))
+        bad_at = tf.where(tf.math.is_finite(values[0]), _NEVER, tf.cast(step, tf.int64))
+        marker.assign(tf.minimum(marker, bad_at))
         means.update_state(values)
+
+    def epoch_logs(self) -> dict[str, tf.Tensor]:
+        """The epoch means so far, keyed by component name (what Keras hands callbacks)."""
+        means = self._tfmf.means
         return dict(zip(means.names, tf.unstack(means.result())))
 
-    def train_step(self, batch):
-        step = self.optimizer.iterations.read_value()
+    def minimize_step(self, batch) -> dict[str, tf.Tensor]:
+        """One optimizer step on ``batch``; returns its loss components."""
         with tf.GradientTape() as tape:
             losses = self.compute_losses(batch, training=True)
             loss = tf.cast(losses["loss"], tf.float32)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
-        return self.record(losses, step)
+        return losses
+
+    def train_step(self, batch):
+        step = self.optimizer.iterations.read_value()
+        return self.record(self.minimize_step(batch), step)
 
     def test_step(self, batch):
         return self.record(self.compute_losses(batch, training=False), -1)
@@ -134,6 +149,31 @@ class ComponentLossModel(tf_keras.Model):
             return super().make_train_function(force)
         if self.train_function is not None and not force:
             return self.train_function
+
+        if type(self).train_step is not ComponentLossModel.train_step:
+            return self._custom_train_function(spe)
+
+        @tf.function(reduce_retracing=True)
+        def one_step(iterator):
+            step = self.optimizer.iterations.read_value()
+            self.accumulate(self.minimize_step(next(iterator)), step)
+
+        @tf.function(reduce_retracing=True)
+        def train_function(iterator):
+            n = tf.identity(spe)  # this call's steps (Keras truncates it at an epoch's end)
+            one_step(iterator)
+            for _ in tf.range(n - 1):
+                one_step(iterator)
+            self._train_counter.assign_add(tf.cast(n, self._train_counter.dtype))
+            # The logs once per call, not once per step: they are epoch means anyway.
+            return self.epoch_logs()
+
+        self.train_tf_function = self.train_function = train_function
+        return train_function
+
+    def _custom_train_function(self, spe):
+        """The same one-trace loop for a subclass with its own ``train_step`` (its logs are
+        whatever that step returns, so they are taken from the last step of the call)."""
 
         @tf.function(reduce_retracing=True)
         def one_step(iterator):
