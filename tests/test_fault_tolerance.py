@@ -208,6 +208,108 @@ def test_kills_around_checkpoint_saves_never_corrupt_the_latest(tmp_path):
     assert np.isfinite(_metrics(run_dir)["rmse"])
 
 
+# --------------------------------------------------------------------------- SIGTERM, horovodrun
+HOROVODRUN = Path(sys.executable).with_name("horovodrun")
+
+
+def _horovodrun(run_dir: Path, log: Path, *extra: str) -> subprocess.Popen:
+    """``horovodrun --gloo -np 2 python -m pipelines.horovod_train --run-dir RUN ...``."""
+    cmd = [str(HOROVODRUN), "--gloo", "-np", "2", "-H", "localhost:2", "--start-timeout", "60",
+           sys.executable, "-m", "pipelines.horovod_train", "--run-dir", str(run_dir), *extra]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "HOROVOD_GLOO_TIMEOUT_SECONDS": "60",
+           "CUDA_VISIBLE_DEVICES": "", "TF_NUM_INTRAOP_THREADS": "1",
+           "TF_NUM_INTEROP_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with open(log, "ab") as fh:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int, log: Path, timeout: float = 120) -> int:
+    """The pid of the Python process of ``rank`` under ``launcher`` (from its environment)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert launcher.poll() is None, log.read_text()[-3000:]
+        for child in psutil.Process(launcher.pid).children(recursive=True):
+            try:
+                if ("pipelines.horovod_train" in child.cmdline()
+                        and child.environ().get("HOROVOD_RANK") == str(rank)):
+                    return child.pid
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.1)
+    raise AssertionError("rank process not found")
+
+
+def _end(proc: subprocess.Popen, log: Path, timeout: float = 240) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("horovodrun did not finish in time (hang):\n" + log.read_text()[-3000:])
+
+
+@pytest.mark.horovod
+@pytest.mark.skipif(not HOROVODRUN.exists(), reason="horovodrun is not installed")
+def test_sigterm_to_one_horovod_rank_stops_all_ranks_and_resume_matches(tmp_path):
+    """A scheduler's SIGTERM to rank 1 only, under ``horovodrun --gloo -np 2``: both ranks stop
+    after the same epoch, once rank 0 has written its checkpoint, and exit 2 with the message;
+    ``--resume`` under horovodrun then reaches the weights of an uninterrupted run (bitwise)."""
+    sets = [a for s in ("train.deterministic=true", "train.batch_size=128", "train.epochs=4",
+                        "train.checkpoint_every=2", "train.verbose=0")
+            for a in ("--set", s)]
+    args = ["--config", str(MF_CONFIG), *sets]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    log_s, log_k = tmp_path / "straight.log", tmp_path / "stopped.log"
+    ref = _horovodrun(straight, log_s, *args)
+    victim = _horovodrun(stopped, log_k, *args)
+    try:
+        rank1 = _rank_pid(victim, 1, log_k)
+        deadline = time.monotonic() + 180
+        # Epoch 1 has ended on rank 0, so rank 1 is inside the fit too (its handler is in
+        # place: a signal before the fit starts ends a rank at once, like any process).
+        while not (stopped / "history.csv").exists() or \
+                len((stopped / "history.csv").read_text().splitlines()) < 2:
+            assert victim.poll() is None, log_k.read_text()[-3000:]
+            assert time.monotonic() < deadline, "training did not start in time"
+            time.sleep(0.05)
+        os.kill(rank1, signal.SIGTERM)
+        rc = _end(victim, log_k)
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+    out = log_k.read_text()
+    assert rc != 0, out[-3000:]
+    # No rank prints a traceback (horovodrun itself reports the non-zero exit with one), and
+    # rank 0 exits 2 on its own instead of being terminated by horovodrun mid-save.
+    assert not [ln for ln in out.splitlines() if ln.startswith("[") and "Traceback" in ln]
+    assert "Process 0 exit with status code 2." in out and \
+        "Process 1 exit with status code 2." in out, out[-3000:]
+    msg1 = "error (rank 1): stopped by SIGTERM after epoch "
+    msg0 = "error (rank 0): stopped by a signal to another rank after epoch "
+    assert msg1 in out and msg0 in out, out[-3000:]
+    n1 = int(out.split(msg1)[1].split(";")[0])
+    n0 = int(out.split(msg0)[1].split(";")[0])
+    assert n0 == n1 and 1 <= n1 < 4, out[-3000:]
+    assert "--resume" in out.split(msg0)[1].splitlines()[0]
+    # checkpoint_every=2, yet the stopping epoch was saved before any rank exited.
+    assert _assert_latest_checkpoint_restores(stopped) == n1
+    assert _history_epochs(stopped) == list(range(1, n1 + 1))
+    assert not (stopped / "metrics.json").exists() and not (stopped / ".lock").exists()
+
+    resumed = _horovodrun(stopped, log_k, "--config", str(MF_CONFIG), "--resume", *sets)
+    assert _end(resumed, log_k) == 0, log_k.read_text()[-3000:]
+    assert _end(ref, log_s) == 0, log_s.read_text()[-3000:]
+    assert _history_epochs(stopped) == _history_epochs(straight) == [1, 2, 3, 4]
+    assert _metrics(stopped) == _metrics(straight)
+    a, b = _weights(stopped / "model"), _weights(straight / "model")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 # --------------------------------------------------------------------------- corrupt checkpoint
 def test_resume_falls_back_from_a_corrupt_latest_checkpoint_to_the_same_weights(tmp_path,
                                                                                capsys):
