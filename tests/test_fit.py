@@ -214,13 +214,14 @@ def test_resume_from_a_corrupt_checkpoint_refuses_clearly(tmp_path, damage):
 
     fit(TrainConfig(epochs=2, learning_rate=0.05, verbose=0), run_dir=str(tmp_path))
     chief = tmp_path / "checkpoints" / "chief"
-    data = sorted(chief.glob("*.data-*"))[0]
-    raw = bytearray(data.read_bytes())
-    if damage == "truncate":
-        raw = raw[: len(raw) // 2]
-    else:
-        raw[len(raw) // 2] ^= 0xFF  # one flipped byte: the tensor's CRC32C no longer matches
-    data.write_bytes(bytes(raw))
+    # Every kept checkpoint is damaged (a single bad one falls back: test_fault_tolerance.py).
+    for data in sorted(chief.glob("*.data-*")):
+        raw = bytearray(data.read_bytes())
+        if damage == "truncate":
+            raw = raw[: len(raw) // 2]
+        else:
+            raw[len(raw) // 2] ^= 0xFF  # one flipped byte: the tensor's CRC32C no longer matches
+        data.write_bytes(bytes(raw))
     before = (tmp_path / "history.csv").read_text()
     with pytest.raises(CheckpointError) as e:
         fit(TrainConfig(epochs=4, learning_rate=0.05, verbose=0), run_dir=str(tmp_path),

@@ -14,10 +14,14 @@ lives and how it is written; nothing else knows the layout::
     metrics.json       written LAST and atomically: its presence marks a complete run
 
 Every write is atomic (:mod:`tfmf.fileio`), so a kill or a full disk leaves the previous
-version of each file, never half of one.
+version of each file, never half of one. A write that fails for lack of space raises
+:class:`~tfmf.fileio.DiskFullError` saying how to continue: a run whose last writes (model/,
+ids, plot, metrics.json) failed is not finished, and ``tfmf train --resume`` finishes it from
+its last checkpoint once space is freed.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -27,7 +31,8 @@ import time
 import numpy as np
 
 from tfmf.errors import ConfigError
-from tfmf.fileio import atomic_directory, atomic_write, atomic_write_json, atomic_write_text
+from tfmf.fileio import (DiskFullError, atomic_directory, atomic_write, atomic_write_json,
+                         atomic_write_text, disk_full_reason, is_disk_full)
 
 CONFIG, HISTORY, METRICS, IDS = "config.yaml", "history.csv", "metrics.json", "ids.npz"
 MODEL, CHECKPOINTS, TENSORBOARD, CURVE, LOCK = (
@@ -134,8 +139,16 @@ class RunDir:
                     ) from None
                 os.remove(path)  # stale: its owner is gone
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(f"{os.getpid()}\n")
+            except OSError as exc:
+                os.remove(path)
+                if is_disk_full(exc):
+                    raise DiskFullError(f"cannot write the lock file {path}: "
+                                        f"{disk_full_reason(exc)}; nothing was written",
+                                        path) from None
+                raise
             self._locked = True
             return
         raise ConfigError(f"could not take the lock {path}", key="run_name")
@@ -160,9 +173,30 @@ class RunDir:
                                         "--resume it, first): missing", self.file(name))
 
     # ------------------------------------------------------------------ files
+    def has_checkpoint(self) -> bool:
+        """Whether checkpoints/ holds a checkpoint (so ``--resume`` can continue the run)."""
+        chief = os.path.join(self.checkpoints, "chief")
+        return os.path.isdir(chief) and any(f.endswith(".index") for f in os.listdir(chief))
+
+    @contextlib.contextmanager
+    def finishing(self):
+        """Around the writes that finish a run: a full disk says how to finish it later."""
+        try:
+            yield
+        except DiskFullError as exc:
+            if self.has_checkpoint():
+                hint = ("the run is not finished (no metrics.json) and its last checkpoint is "
+                        "kept: free space, then `tfmf train --resume "
+                        f"{self.path}` finishes it")
+            else:
+                hint = ("the run is not finished (no metrics.json): free space, then train it "
+                        "again")
+            raise DiskFullError(exc.detail, exc.filename, hint) from None
+
     def write_metrics(self, payload: dict) -> None:
         """metrics.json, atomically; written last, it marks the run complete."""
-        atomic_write_json(self.file(METRICS), payload)
+        with self.finishing():
+            atomic_write_json(self.file(METRICS), payload)
 
     def read_metrics(self) -> dict:
         with open(self.file(METRICS)) as fh:
@@ -170,14 +204,15 @@ class RunDir:
 
     def save_model(self, recommender) -> None:
         """The fitted Recommender into model/, replacing any previous one atomically."""
-        with atomic_directory(self.file(MODEL)) as tmp:
+        with self.finishing(), atomic_directory(self.file(MODEL)) as tmp:
             recommender.save(tmp)
 
     def model_path(self) -> str:
         return self.file(MODEL)
 
     def save_ids(self, data) -> None:
-        save_id_maps(self.file(IDS), data)
+        with self.finishing():
+            save_id_maps(self.file(IDS), data)
 
     def load_ids(self) -> dict:
         return load_id_maps(self.file(IDS))
@@ -212,10 +247,16 @@ class RunDir:
         with open(self.history, newline="") as fh:
             lines = fh.read().splitlines(keepends=True)
         if len(lines) > epochs + 1:
-            atomic_write_text(self.history, "".join(lines[:epochs + 1]))
+            try:
+                atomic_write_text(self.history, "".join(lines[:epochs + 1]))
+            except DiskFullError as exc:
+                raise DiskFullError(exc.detail, exc.filename,
+                                    f"free space, then `tfmf train --resume {self.path}` "
+                                    "again") from None
 
     def plot_learning_curve(self, history: list[dict]) -> None:
-        plot_learning_curve(history, self.file(CURVE))
+        with self.finishing():
+            plot_learning_curve(history, self.file(CURVE))
 
 
 def _read_pid(path: str) -> int | None:
@@ -279,5 +320,7 @@ def plot_learning_curve(history: list[dict], path: str) -> None:
     if train_keys:
         ax.legend(loc="upper left")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
+    finally:
+        plt.close(fig)

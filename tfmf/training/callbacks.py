@@ -9,7 +9,11 @@
   a function, once on rank 0 and broadcast so early stopping decides alike on every rank.
 * :class:`RestoreBest`: restores the weights of the best validated epoch at the end.
 * :class:`EpochCSVLogger`: Keras' CSVLogger with 1-based epochs (as printed and plotted).
-* :class:`EpochBackup`: Keras' BackupAndRestore saving every N epochs and at the last one.
+* :class:`EpochTensorBoard`: Keras' TensorBoard callback; a full disk ends the fit with a
+  :class:`~tfmf.fileio.DiskFullError` that says what is kept.
+* :class:`EpochBackup`: Keras' BackupAndRestore saving every N epochs and at the last one,
+  keeping the last :data:`KEEP_CHECKPOINTS` (resume falls back to the previous one when the
+  latest is corrupt, see :func:`completed_epochs`).
 * :class:`SyncStart`: on a resumed Horovod fit, rank 0's restored state on every rank before
   the first step.
 * :class:`StopOnSignal`: SIGTERM/SIGINT end the fit at the next epoch boundary, after that
@@ -17,6 +21,11 @@
 """
 from __future__ import annotations
 
+import glob
+import os
+import re
+import shutil
+import sys
 import time
 from typing import Callable
 
@@ -25,8 +34,12 @@ import tensorflow as tf
 import tf_keras
 
 from tfmf import distributed
-from tfmf.errors import Interrupted, TrainingDiverged
+from tfmf.errors import CheckpointError, Interrupted, TrainingDiverged
+from tfmf.fileio import DiskFullError, disk_full_reason, is_disk_full
 from tfmf.training.optimizers import create_slots, current_lr
+
+#: Checkpoints EpochBackup keeps: the latest and one before it to fall back to.
+KEEP_CHECKPOINTS = 2
 
 
 class DivergenceGuard(tf_keras.callbacks.Callback):
@@ -142,27 +155,116 @@ class EpochCSVLogger(tf_keras.callbacks.CSVLogger):
     def on_epoch_end(self, epoch, logs=None):
         if self.keys is None and logs:
             self.keys = sorted(logs)
-        super().on_epoch_end(epoch + 1, logs)
+        size = os.path.getsize(self.filename) if os.path.exists(self.filename) else 0
+        try:
+            super().on_epoch_end(epoch + 1, logs)
+        except (tf.errors.OpError, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            # Drop the part of the row that reached the file: history.csv stays parseable.
+            try:
+                self.csv_file.close()
+            except (tf.errors.OpError, OSError):
+                pass  # the buffered rest of the row cannot be written either
+            os.truncate(self.filename, size)
+            raise training_disk_full(exc, self.filename, f"epoch {epoch + 1}'s row of",
+                                     os.path.dirname(self.filename)) from None
+
+
+class EpochTensorBoard(tf_keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback whose writes, on a full disk, end the fit with a
+    :class:`~tfmf.fileio.DiskFullError` naming the run directory's last checkpoint."""
+
+    def _guard(self, hook, *args):
+        try:
+            return hook(*args)
+        except (tf.errors.OpError, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            raise training_disk_full(exc, self.log_dir, "TensorBoard scalars in",
+                                     os.path.dirname(os.path.abspath(self.log_dir))) from None
+
+    def on_train_begin(self, logs=None):
+        self._guard(super().on_train_begin, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._guard(super().on_epoch_end, epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._guard(super().on_train_end, logs)
+
+
+def training_disk_full(exc: BaseException, path: str, what: str,
+                       run_dir: str) -> DiskFullError:
+    """The error a fit raises when ``what`` ``path`` could not be written for lack of space.
+
+    It names the run directory's last checkpoint (kept: nothing older than it is lost) and the
+    command that continues the run once space is freed.
+    """
+    try:
+        done = completed_epochs(os.path.join(run_dir, "checkpoints"))
+    except CheckpointError:
+        done = None
+    kept = (f"the last checkpoint (epoch {done}) is kept and the run directory is valid: free "
+            f"space, then continue with `tfmf train --resume {run_dir}`" if done else
+            "the run has no checkpoint yet: free space, then train it again")
+    return DiskFullError(f"cannot write {what} {path}: {disk_full_reason(exc)}", path, kept)
 
 
 class EpochBackup(tf_keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore that keeps its checkpoint and saves every ``every`` epochs.
+    """Keras' BackupAndRestore that keeps its checkpoints and saves every ``every`` epochs.
 
-    The backup is kept after training, so a finished run can be resumed with more epochs.
+    The backup is kept after training, so a finished run can be resumed with more epochs. The
+    last ``keep`` checkpoints are kept (Keras keeps one): a resume whose latest checkpoint is
+    corrupt falls back to the one before (:func:`completed_epochs`). A save that fails for
+    lack of space removes its partial files and raises :class:`~tfmf.fileio.DiskFullError`;
+    the previous checkpoints are untouched (TensorFlow deletes old ones only after a save
+    succeeded).
 
     Args:
-      backup_dir: where the checkpoint lives.
+      backup_dir: where the checkpoints live (``backup_dir/chief``).
       every: save every N epochs (and always at the last epoch).
       epochs: the fit's total epochs.
+      keep: how many checkpoints to keep.
     """
 
-    def __init__(self, backup_dir: str, every: int, epochs: int):
+    def __init__(self, backup_dir: str, every: int, epochs: int, keep: int = KEEP_CHECKPOINTS):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
-        self.every, self.epochs = max(1, int(every)), int(epochs)
+        self.every, self.epochs, self.keep = max(1, int(every)), int(epochs), max(1, int(keep))
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        state = self._training_state
+        # The same tf.train.Checkpoint (model, optimizer, epoch counters) under a manager that
+        # keeps `keep` checkpoints; only one process writes here (rank 0), so read == write.
+        manager = tf.train.CheckpointManager(state.read_checkpoint_manager.checkpoint,
+                                             directory=os.path.join(self.backup_dir, "chief"),
+                                             max_to_keep=self.keep)
+        state.read_checkpoint_manager = state.write_checkpoint_manager = manager
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs:
             self._backup(epoch=epoch)
+
+    def _backup(self, epoch, batch=0):
+        chief = os.path.join(self.backup_dir, "chief")
+        before = set(os.listdir(chief)) if os.path.isdir(chief) else set()
+        try:
+            super()._backup(epoch, batch)
+        except (tf.errors.OpError, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            # TensorFlow leaves its ckpt-N_temp/ (and, when the merge failed, ckpt-N files):
+            # remove what this save added so only complete checkpoints remain.
+            for name in set(os.listdir(chief)) - before if os.path.isdir(chief) else ():
+                target = os.path.join(chief, name)
+                if os.path.isdir(target):
+                    shutil.rmtree(target, ignore_errors=True)
+                elif name != "checkpoint":
+                    os.remove(target)
+            raise training_disk_full(exc, chief, f"the checkpoint of epoch {epoch + 1} to",
+                                     os.path.dirname(os.path.abspath(self.backup_dir))
+                                     ) from None
 
 
 class SyncStart(tf_keras.callbacks.Callback):
@@ -226,8 +328,23 @@ class StopOnSignal(tf_keras.callbacks.Callback):
         if distributed.any_rank(self.received is not None):
             if self.backup is not None and (epoch + 1) % self.backup.every:
                 self.backup._backup(epoch=epoch)
-            name = signal_name(self.received) if self.received else "a peer's signal"
+            # Every rank waits for rank 0's checkpoint: horovodrun terminates the other ranks
+            # as soon as one exits non-zero, which must not cut rank 0's save short.
+            distributed.barrier()
+            name = signal_name(self.received) if self.received else "a signal to another rank"
+            self._stopping()
             raise Interrupted(epoch + 1, name)
+
+    def _stopping(self) -> None:
+        """Restores the previous handlers (Keras skips on_train_end when a callback raises);
+        under horovodrun, whose SIGTERM to the other ranks follows the first rank's exit, the
+        remaining ranks ignore further SIGTERM/SIGINT so they exit with their message."""
+        import signal
+
+        self.on_train_end()
+        if distributed.is_distributed():
+            for name in self.SIGNALS:
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
 
     def on_train_end(self, logs=None):
         import signal
@@ -237,33 +354,110 @@ class StopOnSignal(tf_keras.callbacks.Callback):
         self._previous.clear()
 
 
+def _checkpoint_number(prefix: str) -> int:
+    m = re.search(r"-(\d+)$", prefix)
+    return int(m.group(1)) if m else -1
+
+
+def checkpoint_prefixes(chief_dir: str) -> list[str]:
+    """Every checkpoint under ``chief_dir`` (``ckpt-N`` prefixes), oldest first.
+
+    Read from the files on disk (``ckpt-N.index``), not only from TensorFlow's ``checkpoint``
+    state file, so a damaged state file still leaves the checkpoints findable.
+    """
+    found = {p[:-len(".index")] for p in glob.glob(os.path.join(chief_dir, "ckpt-*.index"))}
+    return sorted(found, key=_checkpoint_number)
+
+
+def _read_checkpoint(prefix: str, verify: bool) -> int:
+    """Epochs a BackupAndRestore checkpoint holds; raises TF/lookup errors when unreadable."""
+    reader = tf.train.load_checkpoint(prefix)
+    if verify:
+        # TensorFlow checks each tensor's CRC32C as it reads it.
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    return int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
+
+
+_UNREADABLE = (tf.errors.OpError, ValueError, KeyError, IndexError)
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "message", None) or str(exc)
+    return reason.splitlines()[0][:200] if reason else type(exc).__name__
+
+
 def completed_epochs(backup_dir: str, verify: bool = False) -> int | None:
-    """Epochs a BackupAndRestore checkpoint under ``backup_dir`` holds (None: no checkpoint).
+    """Epochs the BackupAndRestore checkpoint under ``backup_dir`` holds (None: no checkpoint).
+
+    Without ``verify`` this reads the latest checkpoint's epoch counter only. With ``verify``
+    (a resume) every tensor of the latest checkpoint is read first; when that fails (a
+    truncated or corrupt file) the previous checkpoint is tried, and so on (EpochBackup keeps
+    :data:`KEEP_CHECKPOINTS`). A fallback prints a warning on stderr, moves the unreadable
+    checkpoint's files to ``backup_dir/corrupt/`` and points TensorFlow's ``checkpoint`` state
+    file at the good one, which Keras' BackupAndRestore then restores.
 
     Args:
       backup_dir: the directory given to BackupAndRestore.
-      verify: read every tensor of the checkpoint first (a resume must not start from a
-        truncated or corrupt file; TensorFlow checks each tensor's CRC32C as it reads it).
+      verify: check the checkpoint reads completely, falling back to an earlier one.
 
     Raises:
-      CheckpointError: the checkpoint cannot be read (named, with TensorFlow's reason).
+      CheckpointError: no checkpoint can be read (each one named, with TensorFlow's reason).
     """
-    import os
-
-    from tfmf.errors import CheckpointError
-
-    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
-    if latest is None:
-        return None
+    chief = os.path.join(backup_dir, "chief")
     try:
-        reader = tf.train.load_checkpoint(latest)
-        if verify:
-            for key in reader.get_variable_to_shape_map():
-                reader.get_tensor(key)
-        return int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
-    except (tf.errors.OpError, ValueError, KeyError, IndexError) as exc:
-        reason = getattr(exc, "message", None) or str(exc)
+        latest = tf.train.latest_checkpoint(chief)
+    except _UNREADABLE:  # a damaged state file: the checkpoints on disk still count
+        latest = None
+    latest = os.path.normpath(latest) if latest else None
+    prefixes = [os.path.normpath(p) for p in checkpoint_prefixes(chief)]
+    if latest is not None and latest not in prefixes:
+        prefixes.append(latest)  # named by the state file, its index missing: reported below
+    if not prefixes:
+        return None
+    if not verify:
+        try:
+            return _read_checkpoint(latest or prefixes[-1], verify=False)
+        except _UNREADABLE as exc:
+            raise CheckpointError(f"the checkpoint {latest or prefixes[-1]} cannot be read "
+                                  f"({_reason(exc)})", path=latest or prefixes[-1]) from None
+    bad: list[tuple[str, str]] = []
+    for prefix in reversed(prefixes):
+        try:
+            done = _read_checkpoint(prefix, verify=True)
+        except _UNREADABLE as exc:
+            bad.append((prefix, _reason(exc)))
+            continue
+        if bad or prefix != latest:
+            _fall_back(backup_dir, prefix, done, bad)
+        return done
+    if len(bad) == 1:
+        prefix, reason = bad[0]
         raise CheckpointError(
-            f"the checkpoint {latest} cannot be restored ({reason.splitlines()[0][:200]}); "
-            "Keras keeps only the latest backup, so there is no earlier one to fall back to: "
-            "train again without --resume (or into a new run directory)", path=latest) from None
+            f"the checkpoint {prefix} cannot be restored ({reason}) and there is no earlier "
+            "one to fall back to: train again without --resume (or into a new run "
+            "directory)", path=prefix)
+    listed = "; ".join(f"{p} ({r})" for p, r in bad)
+    raise CheckpointError(
+        f"none of the {len(bad)} checkpoints under {chief} can be restored: {listed}; train "
+        "again without --resume (or into a new run directory)", path=bad[0][0])
+
+
+def _fall_back(backup_dir: str, good: str, done: int, bad: list[tuple[str, str]]) -> None:
+    """Makes ``good`` the checkpoint BackupAndRestore restores; moves the ``bad`` ones aside."""
+    chief = os.path.join(backup_dir, "chief")
+    moved = os.path.join(backup_dir, "corrupt")
+    for prefix, reason in bad:
+        os.makedirs(moved, exist_ok=True)
+        for f in glob.glob(glob.escape(prefix) + ".*"):
+            os.replace(f, os.path.join(moved, os.path.basename(f)))
+        print(f"tfmf: warning: the checkpoint {prefix} cannot be restored ({reason}); "
+              f"resuming from the previous one, {good} (epoch {done}); the unreadable files "
+              f"were moved to {moved}", file=sys.stderr, flush=True)
+    keep = [p for p in checkpoint_prefixes(chief)
+            if _checkpoint_number(p) <= _checkpoint_number(good)]
+    # With timestamps newer than last_preserved, TensorFlow's manager still rotates them.
+    stamps = [os.path.getmtime(p + ".index") for p in keep]
+    tf.compat.v1.train.update_checkpoint_state(
+        chief, good, all_model_checkpoint_paths=keep, all_model_checkpoint_timestamps=stamps,
+        last_preserved_timestamp=min(stamps) - 1.0)

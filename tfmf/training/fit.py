@@ -170,8 +170,7 @@ def fit(model: tf_keras.Model, dataset: tf.data.Dataset, cfg: TrainConfig, *,
         # History before the checkpoint: a kill between the two leaves a row the resumed run
         # trims and redoes, never a checkpoint whose row is lost.
         cbs.append(cb.EpochCSVLogger(rd.history, append=resume))
-        cbs.append(tf_keras.callbacks.TensorBoard(rd.tensorboard, write_graph=False,
-                                                  profile_batch=0))
+        cbs.append(cb.EpochTensorBoard(rd.tensorboard, write_graph=False, profile_batch=0))
     backup = None
     if backup_dir is not None:
         backup = cb.EpochBackup(backup_dir, cfg.checkpoint_every, cfg.epochs)

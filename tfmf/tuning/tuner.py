@@ -144,12 +144,16 @@ def _atomic_json(path: str, state: dict) -> None:
 
 class RestartSafe:
     """Oracle mixin: state files are written atomically, and a restarted search never reruns a
-    completed trial.
+    completed trial nor forgets a started one.
 
     KerasTuner 1.3.5 writes ``trial_*/trial.json`` and ``oracle.json`` in place and in that
     order; on reload it sends every trial that ``oracle.json`` lists as ongoing to the retry
-    queue. A chief killed between the two writes would therefore rerun a trial whose
-    ``trial.json`` already says COMPLETED; :meth:`reload` drops those from the queue.
+    queue. A chief killed between the two writes of ``end_trial`` would therefore rerun a trial
+    whose ``trial.json`` already says COMPLETED; :meth:`reload` drops those from the queue. One
+    killed between the two writes of ``create_trial`` leaves a RUNNING ``trial.json`` that
+    ``oracle.json`` does not know: it would stay RUNNING for ever (and count towards
+    ``max_trials``); :meth:`reload` queues it for a retry. (Whether the project is reloaded at
+    all is decided by the tuner's own file, see :class:`CVTuner`.)
     """
 
     def save(self):
@@ -166,6 +170,12 @@ class RestartSafe:
             self._retry_queue.remove(tid)
             if tid not in self.end_order:
                 self.end_order.append(tid)
+        for tid, t in sorted(self.trials.items()):
+            if (t.status == trial_module.TrialStatus.RUNNING and tid not in self._retry_queue
+                    and tid not in self.end_order):
+                self._retry_queue.append(tid)
+                if tid not in self.start_order:
+                    self.start_order.append(tid)
         if self._retry_queue:
             print(f"resuming the search: retrying interrupted trial(s) "
                   f"{', '.join(sorted(self._retry_queue))}", flush=True)
@@ -273,11 +283,24 @@ class CVTuner(base_tuner.BaseTuner):
         self.label = label
         self.max_trials = oracle.max_trials
         self.new_trials: list[str] = []
+        worker = role() == "worker"
+        tuner_file = os.path.join(directory, project_name,
+                                  f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json")
+        oracle_file = os.path.join(directory, project_name, "oracle.json")
+        if not (worker or overwrite) and os.path.exists(oracle_file) and \
+                not os.path.exists(tuner_file):
+            # BaseTuner reloads a project only when the tuner's own file exists, and KerasTuner
+            # writes that file after the oracle's at the end of the first trial: a search killed
+            # in between (or a chief, which never ends a trial itself) would start afresh and
+            # rerun its completed trials. The oracle's state is what counts.
+            _atomic_json(tuner_file, {})
         with _no_chief_server():
             super().__init__(oracle, hypermodel, directory=directory, project_name=project_name,
-                             overwrite=overwrite and role() != "worker")
-        if role() == "worker":
+                             overwrite=overwrite and not worker)
+        if worker:
             fast_reconnect(self.oracle)
+        else:
+            self.save()  # oracle.json and the tuner's file exist before the first trial starts
 
     def save(self) -> None:
         if not self._is_worker():
