@@ -163,3 +163,28 @@ def barrier() -> None:
         import tensorflow as tf
 
         _hvd.allreduce(tf.zeros([1]), op=_hvd.Sum, name="tfmf_barrier")
+
+
+def sum_over_ranks(values, name: str = "tfmf_sum") -> "np.ndarray":
+    """Elementwise float64 sum of ``values`` over ranks (``values`` itself in one process).
+
+    Every rank must call it with the same length, in the same order of collectives.
+    """
+    import numpy as np
+
+    arr = np.asarray(values, np.float64)
+    if not is_distributed():
+        return arr
+    import tensorflow as tf
+
+    return _hvd.allreduce(tf.constant(arr), op=_hvd.Sum, name=name).numpy()
+
+
+def max_over_ranks(value: int, name: str = "tfmf_max") -> int:
+    """The largest ``value`` of any rank, on every rank (``value`` in one process)."""
+    if not is_distributed():
+        return int(value)
+    import tensorflow as tf
+
+    return int(_hvd.allreduce(tf.constant([int(value)], tf.int64), op=_hvd.Max,
+                              name=name).numpy()[0])

@@ -35,6 +35,9 @@ class InteractionData:
       implicit: True when values are binary/confidence rather than ratings.
       item_titles: optional str array aligned with item indices (for display).
       name: dataset name, for reports.
+      partition: ``(rank, size)`` when this holds only the rows of rank ``rank`` of ``size``
+        (read per rank from shards, :func:`tfmf.data.shards.read_shards`); indices and id maps
+        stay global. Subsets, splits and binarizing keep it. None: the whole dataset.
     """
 
     users: np.ndarray
@@ -47,6 +50,7 @@ class InteractionData:
     implicit: bool = False
     item_titles: np.ndarray | None = None
     name: str = ""
+    partition: tuple[int, int] | None = None
     _user_lookup: dict | None = field(default=None, repr=False, compare=False)
     _item_lookup: dict | None = field(default=None, repr=False, compare=False)
 

@@ -170,6 +170,18 @@ def shards_for_rank(n_shards: int, rank: int, size: int) -> range:
     return range(rank * n_shards // size, (rank + 1) * n_shards // size)
 
 
+def rank_user_range(path: str | os.PathLike, rank: int, size: int) -> tuple[int, int]:
+    """``[lo, hi)`` of the user indices whose rows rank ``rank`` of ``size`` reads.
+
+    Ranks' ranges are contiguous, disjoint, ordered by rank and together cover every user.
+    """
+    m = read_manifest(path)
+    mine = shards_for_rank(len(m["shards"]), rank, size)
+    lo = 0 if rank == 0 else int(m["shards"][mine.start]["users"][0])
+    hi = int(m["n_users"]) if rank == size - 1 else int(m["shards"][mine.stop - 1]["users"][1])
+    return lo, hi
+
+
 def _read_file(root: str, entry: dict, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
@@ -202,7 +214,9 @@ def read_shards(path: str | os.PathLike, rank: int = 0, size: int = 1) -> Intera
 
     Returns:
       InteractionData with the full id maps (``n_users``/``n_items`` of the whole dataset) and
-      only the rows of this rank's shards (:func:`shards_for_rank`).
+      only the rows of this rank's shards (:func:`shards_for_rank`); with ``size > 1`` its
+      ``partition`` is ``(rank, size)``, which the input pipelines read as "these rows are this
+      rank's own" (:func:`tfmf.data.pipelines.rating_dataset`).
 
     Raises:
       DataError: naming the manifest or shard file that is missing, changed or corrupt.
@@ -245,4 +259,5 @@ def read_shards(path: str | os.PathLike, rank: int = 0, size: int = 1) -> Intera
     return InteractionData(users=users, items=items, values=values, user_ids=user_ids,
                            item_ids=item_ids, timestamps=ts, rating_scale=scale,
                            implicit=bool(m.get("implicit")), item_titles=titles,
-                           name=m.get("name") or os.path.basename(os.path.abspath(root)))
+                           name=m.get("name") or os.path.basename(os.path.abspath(root)),
+                           partition=(rank, size) if size > 1 else None)
