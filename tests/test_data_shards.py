@@ -209,3 +209,23 @@ def test_cli_convert_then_train_source(tmp_path, capsys):
     res = subprocess.run([sys.executable, "-c", code, "data", "convert", str(csv), "--out",
                           str(out)], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2 and f"{out}: output exists" in res.stderr
+
+
+def test_filtered_and_timestamp_free_reads_match_the_full_read(converted):
+    """min_rating filters shard by shard (what binarize_threshold keeps); timestamps=False
+    drops only that column; load_dataset's binarized shards equal a binarized full read."""
+    data, out = converted
+    for rank, size in ((0, 1), (1, 3)):
+        full = read_shards(out, rank, size)
+        kept = read_shards(out, rank, size, min_rating=4, timestamps=False)
+        assert kept.timestamps is None and kept.partition == full.partition
+        sel = full.values >= 4
+        np.testing.assert_array_equal(kept.users, full.users[sel])
+        np.testing.assert_array_equal(kept.items, full.items[sel])
+        np.testing.assert_array_equal(kept.values, full.values[sel])
+    pos = load_dataset(DataConfig(source=str(out), binarize_threshold=4), timestamps=False)
+    want = data.binarize(4)
+    assert pos.implicit and pos.rating_scale is None and (pos.values == 1).all()
+    np.testing.assert_array_equal(np.sort(pos.users.astype(np.int64) * data.n_items + pos.items),
+                                  np.sort(want.users.astype(np.int64) * data.n_items
+                                          + want.items))

@@ -25,6 +25,10 @@ How a fit is distributed (``tfmf/training/fit.py``), all through Horovod's own K
 * **Side effects.** Only rank 0 (:func:`is_chief`) prints progress, writes history, TensorBoard,
   the model and the metrics; each rank keeps its own BackupAndRestore checkpoint.
 
+* **Data.** On a sharded source each rank reads only its shards (``tfmf.runner.
+  reads_per_rank``); :func:`max_over_ranks` agrees on the step count and
+  :func:`sum_over_ranks` pools counts and metrics.
+
 Failure behaviour: if one rank dies, Gloo's peers get a connection error on the next collective
 and horovodrun terminates the job with a non-zero exit; ``HOROVOD_GLOO_TIMEOUT_SECONDS`` bounds
 the wait for a peer that hangs instead of dying (see ``pipelines/horovodrun_local.sh``).

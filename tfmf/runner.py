@@ -89,10 +89,12 @@ def load_data(cfg: RunConfig, per_rank: bool = False) -> InteractionData:
     shards (``data.partition`` says so; indices and id maps stay global)."""
     from tfmf.data.loading import load_dataset
 
+    # Only a temporal split reads timestamps (8 of a sharded row's 20 bytes).
+    ts = cfg.data.split.kind == "temporal"
     if per_rank and reads_per_rank(cfg):
         distributed.init()
-        return load_dataset(cfg.data, distributed.rank(), distributed.size())
-    return load_dataset(cfg.data)
+        return load_dataset(cfg.data, distributed.rank(), distributed.size(), timestamps=ts)
+    return load_dataset(cfg.data, timestamps=ts)
 
 
 def _rank_fit_part(cfg: RunConfig, data: InteractionData):
@@ -121,7 +123,9 @@ def assemble_training_rows(cfg: RunConfig, size: int):
     parts = []
     shape = None
     for r in range(size):
-        _, fit_part, _, _ = _rank_fit_part(cfg, load_dataset(cfg.data, r, size))
+        rows = load_dataset(cfg.data, r, size, timestamps=cfg.data.split.kind == "temporal")
+        _, fit_part, _, _ = _rank_fit_part(cfg, rows)
+        del rows
         part = fit_part.to_csr()
         shape = part.shape
         # Ranks own disjoint, rank-ordered user ranges: keep this rank's rows only.

@@ -282,6 +282,11 @@ class InteractionData:
     def binarize(self, threshold: float | None) -> "InteractionData":
         """Keeps interactions with value >= threshold as implicit 1.0 (None keeps all)."""
         keep = np.ones(self.nnz, bool) if threshold is None else self.values >= threshold
+        if keep.all():
+            # Nothing dropped (e.g. filtered while reading shards): share the index arrays.
+            del keep
+            return replace(self, values=np.ones(self.nnz, np.float32), implicit=True,
+                           rating_scale=None, _user_lookup=None, _item_lookup=None)
         out = self.subset(keep)
         out.values = np.ones(out.nnz, np.float32)
         out.implicit = True
