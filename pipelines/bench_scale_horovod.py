@@ -70,6 +70,9 @@ def data_worker(shards: str, stage: str, out: str, n_users: int) -> None:
     import scipy.sparse  # noqa: F401
 
     distributed.init()
+    # Horovod's runtime (background thread, Gloo contexts, buffers) starts with the first
+    # collective: part of "idle", like TensorFlow's, not of the data.
+    distributed.barrier()
     idle = _peak_rss()
     raw = _raw_config(shards, stage, out, n_users, False)
     cfg = config_from_dict(raw)

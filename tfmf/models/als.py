@@ -501,6 +501,14 @@ def gather_rows_back(parts: list[tf.Tensor], chunks: list[RowChunk], n_rows: int
 
 
 # --------------------------------------------------------------------------- the solver
+def _row_view(m: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``[start, stop)`` of a CSR sharing its indices and data (``m[start:stop]`` copies
+    them: a second copy of a rank's entries)."""
+    a, b = int(m.indptr[start]), int(m.indptr[stop])
+    return sp.csr_matrix((m.data[a:b], m.indices[a:b], m.indptr[start:stop + 1] - a),
+                         shape=(stop - start, m.shape[1]), copy=False)
+
+
 class _Side:
     """One side's training rows as this process holds them: the rows ``[start, stop)`` of the
     factor table it solves (all rows in one process, its own block under Horovod), as flat
@@ -576,7 +584,7 @@ class ALSSolver:
             u0, u1 = self.dist.own_range(np.asarray(train.indptr))
         item_ranges = self.dist.ranges(np.concatenate([[0], np.cumsum(item_counts)]))
         i0, i1 = item_ranges[self.dist.rank]
-        users = train[u0:u1] if self.dist.size > 1 else train
+        users = _row_view(train, u0, u1) if self.dist.size > 1 else train
         # This rank's items' columns as rows; the full matrix is not kept (caller's copy).
         if local:
             items = self.dist.exchange_columns(train, item_ranges)

@@ -103,21 +103,28 @@ class Group:
         import scipy.sparse as sp
 
         i0, i1 = item_ranges[self.rank]
-        coo = m.tocoo()
         if self.size == 1:
             return sp.csr_matrix(m[:, i0:i1].T, dtype=np.float32)
         import horovod.tensorflow as hvd
 
-        starts = np.array([a for a, _ in item_ranges], np.int64)
-        owner = np.searchsorted(starts, coo.col, side="right") - 1
-        order = np.argsort(owner, kind="stable")
-        splits = tf.constant(np.bincount(owner, minlength=self.size), tf.int32)
-        got = [hvd.alltoall(tf.constant(a[order]), splits=splits, name=f"als_cols_{k}")[0]
-               .numpy() for k, a in enumerate((coo.row.astype(np.int32), coo.col.astype(
-                   np.int32), coo.data.astype(np.float32)))]
-        del coo, owner, order
-        out = sp.csr_matrix((got[2], (got[1] - i0, got[0])), shape=(i1 - i0, m.shape[0]),
-                            dtype=np.float32)
+        # One array at a time, sent in owner order through boolean masks (no int64 argsort,
+        # no COO copy of everything): the peak is this rank's rows plus about two arrays.
+        n_users = m.shape[0]
+        own = [((m.indices >= a) & (m.indices < b)) for a, b in item_ranges]
+        splits = tf.constant([int(k.sum()) for k in own], tf.int32)
+        row_of = np.repeat(np.arange(n_users, dtype=np.int32), np.diff(m.indptr))
+        got = []
+        for k, arr in enumerate((row_of, m.indices, m.data)):
+            send = tf.constant(np.concatenate([arr[mask] for mask in own]))
+            got.append(hvd.alltoall(send, splits=splits, name=f"als_cols_{k}")[0].numpy())
+            del send
+            if k == 0:
+                del row_of
+        del own
+        out = sp.csr_matrix((got[2].astype(np.float32, copy=False),
+                             (got[1].astype(np.int32, copy=False) - i0, got[0])),
+                            shape=(i1 - i0, n_users), dtype=np.float32)
+        del got
         out.sort_indices()
         return out
 
