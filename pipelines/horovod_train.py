@@ -3,8 +3,10 @@
     horovodrun --gloo -np 2 -H localhost:2 python -m pipelines.horovod_train \
         --config configs/sample_biased_mf.yaml --set train.epochs=5 --run-dir runs/mf-hvd
 
-Every rank loads the config and the data, trains on its shard (tfmf.data.pipelines shards by
-rank/size) with gradients averaged by Horovod (tfmf.distributed); rank 0 alone writes the run
+Every rank loads the config and the data -- only its own shards when the source was written by
+`tfmf data convert` (tfmf.runner.reads_per_rank) -- trains on its part (tfmf.data.pipelines
+shards by rank/size) with gradients averaged by Horovod (tfmf.distributed; ALS/iALS: row blocks,
+tfmf.models.als_distributed); rank 0 alone writes the run
 directory (config snapshot, checkpoints, history, model, metrics.json) and prints. Without
 horovodrun it simply trains in one process.
 """

@@ -66,6 +66,51 @@ def test_ranks_cover_every_row_exactly_once(converted, size):
     assert sizes.max() - sizes.min() <= 2 * heaviest + data.nnz // 6, sizes
 
 
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_per_rank_training_rows_cover_every_row_once_with_equal_steps(converted, size):
+    """What each rank trains on when it reads its own shards: the ranks' user ranges are
+    contiguous and cover all users, each epoch's batches (equal in number on every rank, none
+    larger than the batch size) hold every row of the dataset exactly once."""
+    import math
+
+    from tfmf.data.pipelines import local_batches
+    from tfmf.data.shards import rank_user_range
+
+    data, out = converted
+    parts = [read_shards(out, r, size) for r in range(size)]
+    ranges = [rank_user_range(out, r, size) for r in range(size)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == data.n_users
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    for p, (lo, hi), r in zip(parts, ranges, range(size)):
+        assert p.partition == (r, size)
+        assert p.subset(p.values >= 3).partition == (r, size)  # splits keep it
+        assert lo <= p.users.min() and p.users.max() < hi
+    batch = 128
+    steps = math.ceil(max(p.nnz for p in parts) / batch)
+    seen = []
+    for p in parts:
+        batches = local_batches(p.nnz, batch, steps)
+        assert len(batches) == steps and all(0 < len(b) <= batch for b in batches)
+        pos = np.concatenate(batches)
+        assert sorted(pos.tolist()) == list(range(p.nnz))  # each local row once
+        seen.append(np.stack([p.users[pos], p.items[pos]], 1))
+    keys = np.concatenate(seen).astype(np.int64)
+    keys = keys[:, 0] * data.n_items + keys[:, 1]
+    want = data.users.astype(np.int64) * data.n_items + data.items
+    np.testing.assert_array_equal(np.sort(keys), np.sort(want))
+    assert read_shards(out, 0, 1).partition is None  # one process: the whole dataset
+
+
+def test_local_batches_degenerate_sizes():
+    from tfmf.data.pipelines import local_batches
+
+    assert [len(b) for b in local_batches(10, 4, 3)] == [4, 4, 2]
+    assert [len(b) for b in local_batches(9, 4, 4)] == [3, 2, 2, 2]
+    assert [b.tolist() for b in local_batches(2, 4, 3)] == [[0], [1], [0]]
+    with pytest.raises(ValueError, match="no rows"):
+        local_batches(0, 4, 3)
+
+
 def test_manifest_and_loader(converted):
     data, out = converted
     m = read_manifest(out / "manifest.json")
@@ -164,3 +209,23 @@ def test_cli_convert_then_train_source(tmp_path, capsys):
     res = subprocess.run([sys.executable, "-c", code, "data", "convert", str(csv), "--out",
                           str(out)], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2 and f"{out}: output exists" in res.stderr
+
+
+def test_filtered_and_timestamp_free_reads_match_the_full_read(converted):
+    """min_rating filters shard by shard (what binarize_threshold keeps); timestamps=False
+    drops only that column; load_dataset's binarized shards equal a binarized full read."""
+    data, out = converted
+    for rank, size in ((0, 1), (1, 3)):
+        full = read_shards(out, rank, size)
+        kept = read_shards(out, rank, size, min_rating=4, timestamps=False)
+        assert kept.timestamps is None and kept.partition == full.partition
+        sel = full.values >= 4
+        np.testing.assert_array_equal(kept.users, full.users[sel])
+        np.testing.assert_array_equal(kept.items, full.items[sel])
+        np.testing.assert_array_equal(kept.values, full.values[sel])
+    pos = load_dataset(DataConfig(source=str(out), binarize_threshold=4), timestamps=False)
+    want = data.binarize(4)
+    assert pos.implicit and pos.rating_scale is None and (pos.values == 1).all()
+    np.testing.assert_array_equal(np.sort(pos.users.astype(np.int64) * data.n_items + pos.items),
+                                  np.sort(want.users.astype(np.int64) * data.n_items
+                                          + want.items))

@@ -188,8 +188,57 @@ def worker(mode: str, out_dir: str) -> None:
     out["entry_rc"] = horovod_train.main(["--config", cfg_path, "--run-dir",
                                           os.path.join(out_dir, "entry"), "--set",
                                           "train.epochs=1"])
+    # 4) Shards read per rank (tfmf data convert): each rank holds only its own rows.
+    out["per_rank"] = per_rank_worker(out_dir, r)
     with open(os.path.join(out_dir, f"rank{r}.json"), "w") as fh:
         json.dump(out, fh)
+
+
+#: (model config, split, train) of the per-rank shard runs; 7 shards: uneven ranks.
+PER_RANK = {
+    "biased_mf": ("{name: biased_mf, embedding_dim: 8, l2: 0.02}",
+                  "{kind: holdout, test_fraction: 0.2, seed: 0}", 256, "[rmse, mae]"),
+    "mult_vae": ("{name: mult_vae, dims: [16, 8]}",
+                 "{kind: strong, test_fraction: 0.2, seed: 0}", 16, "[ndcg, recall]"),
+}
+
+
+def per_rank_worker(out_dir: str, r: int) -> dict:
+    """runner.train on a sharded source under horovodrun: what each rank read and trained on."""
+    from tfmf import runner
+    from tfmf.config import DataConfig, load_config
+    from tfmf.data.loading import load_dataset
+    from tfmf.data.shards import write_shards
+
+    shards = os.path.join(out_dir, "sample-shards")
+    if r == 0:
+        write_shards(load_dataset(DataConfig(source="sample")), shards, n_shards=7)
+    distributed.barrier()
+    res = {}
+    for name, (model, split, batch, metrics) in PER_RANK.items():
+        cfg_path = os.path.join(out_dir, f"per_rank_{name}.yaml")
+        if r == 0:
+            with open(cfg_path, "w") as fh:
+                fh.write(f"model: {model}\ndata: {{source: {shards}, split: {split}}}\n"
+                         f"train: {{epochs: 2, batch_size: {batch}, optimizer: adam, "
+                         f"learning_rate: 0.01, verbose: 0}}\neval: {{metrics: {metrics}}}\n")
+        distributed.barrier()
+        cfg = load_config(cfg_path)
+        data = runner.load_data(cfg, per_rank=True)
+        _, fit_part, _, _ = runner._rank_fit_part(cfg, data)
+        run = runner.train(cfg, os.path.join(out_dir, f"per_rank_{name}"))
+        model_ = run.model
+        res[name] = {
+            "partition": list(data.partition) if data.partition else None,
+            "rows": int(data.nnz), "users": sorted(set(data.users.tolist())),
+            "fit_rows": int(fit_part.nnz),
+            "fit_users": int(np.count_nonzero(np.bincount(fit_part.users))),
+            "seen_nnz": int(model_._seen.nnz),
+            "iterations": int(model_.model.optimizer.iterations.numpy()),
+            "weights": [float(np.asarray(v.numpy(), np.float64).sum())
+                        for v in model_.model.trainable_variables],
+            "metrics": run.metrics}
+    return res
 
 
 def keras_worker(out_dir: str) -> None:
@@ -427,6 +476,41 @@ def test_shards_are_disjoint_cover_the_data_and_steps_match(two_rank_run):
     expected = steps_per_epoch(N_ODD, B, 2)
     assert r0["steps"] == r1["steps"] == [expected] * 3
     assert r0["sgd_steps"] == r1["sgd_steps"] == [N_EVEN // (2 * B)] * 3
+
+
+@pytest.mark.slow
+@pytest.mark.horovod
+def test_shards_read_per_rank_train_with_equal_steps(two_rank_run):
+    """Gradient models on a sharded source: every rank reads only its shards (disjoint users,
+    together all rows), trains on its own rows with the same step count, and rank 0 saves the
+    seen items of every rank's training rows; the ranks end with identical weights."""
+    import math
+
+    from tfmf.config import DataConfig
+    from tfmf.data.loading import load_dataset
+
+    out, (r0, r1), _ = two_rank_run
+    full = load_dataset(DataConfig(source="sample"))
+    for name, (_, _, batch, _) in PER_RANK.items():
+        a, b = r0["per_rank"][name], r1["per_rank"][name]
+        assert a["partition"] == [0, 2] and b["partition"] == [1, 2]
+        assert not set(a["users"]) & set(b["users"])
+        assert a["rows"] + b["rows"] == full.nnz and max(a["rows"], b["rows"]) < full.nnz
+        examples = (a["fit_rows"], b["fit_rows"]) if name == "biased_mf" else \
+            (a["fit_users"], b["fit_users"])
+        assert examples[0] != examples[1]  # uneven ranks: the step count is still equal
+        steps = math.ceil(max(examples) / batch)
+        assert a["iterations"] == b["iterations"] == 2 * steps, name
+        assert a["weights"] == b["weights"], name
+        # Rank 1 kept only its own training rows; rank 0 saved everyone's.
+        assert b["seen_nnz"] == b["fit_rows"]
+        assert a["seen_nnz"] == a["fit_rows"] + b["fit_rows"]
+        saved = json.loads((out / f"per_rank_{name}" / "metrics.json").read_text())
+        assert saved["n_train"] == a["seen_nnz"]
+        assert a["metrics"] == b["metrics"] == saved["metrics"]
+        assert (out / f"per_rank_{name}" / "model").exists()
+    assert 0.5 < r0["per_rank"]["biased_mf"]["metrics"]["rmse"] < 1.5
+    assert 0.0 < r0["per_rank"]["mult_vae"]["metrics"]["ndcg@100"] <= 1.0
 
 
 @pytest.mark.slow

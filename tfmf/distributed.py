@@ -25,6 +25,10 @@ How a fit is distributed (``tfmf/training/fit.py``), all through Horovod's own K
 * **Side effects.** Only rank 0 (:func:`is_chief`) prints progress, writes history, TensorBoard,
   the model and the metrics; each rank keeps its own BackupAndRestore checkpoint.
 
+* **Data.** On a sharded source each rank reads only its shards (``tfmf.runner.
+  reads_per_rank``); :func:`max_over_ranks` agrees on the step count and
+  :func:`sum_over_ranks` pools counts and metrics.
+
 Failure behaviour: if one rank dies, Gloo's peers get a connection error on the next collective
 and horovodrun terminates the job with a non-zero exit; ``HOROVOD_GLOO_TIMEOUT_SECONDS`` bounds
 the wait for a peer that hangs instead of dying (see ``pipelines/horovodrun_local.sh``).
@@ -163,3 +167,28 @@ def barrier() -> None:
         import tensorflow as tf
 
         _hvd.allreduce(tf.zeros([1]), op=_hvd.Sum, name="tfmf_barrier")
+
+
+def sum_over_ranks(values, name: str = "tfmf_sum") -> "np.ndarray":
+    """Elementwise float64 sum of ``values`` over ranks (``values`` itself in one process).
+
+    Every rank must call it with the same length, in the same order of collectives.
+    """
+    import numpy as np
+
+    arr = np.asarray(values, np.float64)
+    if not is_distributed():
+        return arr
+    import tensorflow as tf
+
+    return _hvd.allreduce(tf.constant(arr), op=_hvd.Sum, name=name).numpy()
+
+
+def max_over_ranks(value: int, name: str = "tfmf_max") -> int:
+    """The largest ``value`` of any rank, on every rank (``value`` in one process)."""
+    if not is_distributed():
+        return int(value)
+    import tensorflow as tf
+
+    return int(_hvd.allreduce(tf.constant([int(value)], tf.int64), op=_hvd.Max,
+                              name=name).numpy()[0])

@@ -64,10 +64,110 @@ def check_resumable(run_dir: RunDir | str, cfg: RunConfig) -> None:
                     "resume)", key=f"{section}.{key}")
 
 
-def load_data(cfg: RunConfig) -> InteractionData:
+def reads_per_rank(cfg: RunConfig) -> bool:
+    """Whether each Horovod rank reads only its own shards of ``cfg.data`` for training.
+
+    True under horovodrun (more than one rank) for a sharded source (``tfmf data convert``)
+    and a model trained data-parallel on minibatches (MF, biased MF, Mult-VAE/DAE) or by
+    distributed row blocks (ALS, iALS): each rank then holds only its shards' rows, never the
+    full interaction set. Other models (and one process) read everything.
+    """
+    from tfmf.data.loading import is_sharded
+    from tfmf.models.keras_recommender import KerasRecommender
+
+    if distributed.size() <= 1 or not is_sharded(cfg.data.source):
+        return False
+    cls = registry.get(cfg.model_name)
+    if getattr(cls, "distributed_rows", False):
+        return True  # ALS / iALS: row blocks per rank (tfmf.models.als_distributed)
+    return (isinstance(cls, type) and issubclass(cls, KerasRecommender)
+            and cls.make_dataset is not KerasRecommender.make_dataset)
+
+
+def load_data(cfg: RunConfig, per_rank: bool = False) -> InteractionData:
+    """``cfg.data`` loaded; with ``per_rank`` (and :func:`reads_per_rank`), only this rank's
+    shards (``data.partition`` says so; indices and id maps stay global)."""
     from tfmf.data.loading import load_dataset
 
-    return load_dataset(cfg.data)
+    # Only a temporal split reads timestamps (8 of a sharded row's 20 bytes).
+    ts = cfg.data.split.kind == "temporal"
+    if per_rank and reads_per_rank(cfg):
+        distributed.init()
+        return load_dataset(cfg.data, distributed.rank(), distributed.size(), timestamps=ts)
+    return load_dataset(cfg.data, timestamps=ts)
+
+
+def _rank_fit_part(cfg: RunConfig, data: InteractionData):
+    """(fold, fit part, validation, test) of ``data`` as :func:`train` splits it."""
+    from tfmf.data.splits import carve_validation
+
+    fold = first_split(cfg, data)
+    fit_part, validation, test = carve_validation(
+        fold, fraction=cfg.train.validation_fraction, users=cfg.data.split.validation_users,
+        fold_in_fraction=cfg.data.split.fold_in_fraction, seed=cfg.data.split.seed)
+    return fold, fit_part, validation, test
+
+
+def assemble_training_rows(cfg: RunConfig, size: int):
+    """The CSR of every rank's training rows (what each rank fitted on), rebuilt on one rank.
+
+    Each rank's split is a deterministic function of its own shards and the config, so one
+    rank can redo it for all: it reads the ranks' shards one after another (one rank's rows
+    at a time plus the growing result). Used by rank 0 after training, so the saved model's
+    seen items (ranking exclusion, export) cover every user.
+    """
+    import scipy.sparse as sp
+
+    from tfmf.data.loading import load_dataset
+
+    parts = []
+    shape = None
+    for r in range(size):
+        rows = load_dataset(cfg.data, r, size, timestamps=cfg.data.split.kind == "temporal")
+        _, fit_part, _, _ = _rank_fit_part(cfg, rows)
+        del rows
+        part = fit_part.to_csr()
+        shape = part.shape
+        # Ranks own disjoint, rank-ordered user ranges: keep this rank's rows only.
+        rows = np.flatnonzero(np.diff(part.indptr))
+        lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+        parts.append((lo, hi, part[lo:hi]))
+        del fit_part, part
+    out = []
+    at = 0
+    for lo, hi, block in sorted(parts, key=lambda p: p[0]):
+        if lo > at:
+            out.append(sp.csr_matrix((lo - at, shape[1]), dtype=np.float32))
+        out.append(block)
+        at = hi
+    if at < shape[0]:
+        out.append(sp.csr_matrix((shape[0] - at, shape[1]), dtype=np.float32))
+    return sp.vstack(out, format="csr")
+
+
+def combine_metrics(metrics: dict, test) -> dict:
+    """Metrics of every rank's own test part, combined (rows read per rank).
+
+    Rating metrics are weighted by the rank's test ratings (RMSE through its squares),
+    ranking metrics by the rank's evaluated users: the figures one evaluation over the union
+    of the test parts gives. One collective (every rank calls it).
+    """
+    held = getattr(test, "target", test)
+    if hasattr(test, "test_users"):
+        users = len(test.test_users)
+    else:
+        users = int(np.count_nonzero(np.bincount(held.users, minlength=held.n_users)))
+    keys = sorted(metrics)
+    weights = [held.nnz if k in ("rmse", "mae") else users for k in keys]
+    values = [metrics[k] ** 2 if k == "rmse" else metrics[k] for k in keys]
+    sums = distributed.sum_over_ranks([w * v for w, v in zip(weights, values)] + weights,
+                                      "tfmf_metrics")
+    n = len(keys)
+    out = {}
+    for j, k in enumerate(keys):
+        mean = sums[j] / sums[n + j] if sums[n + j] else float("nan")
+        out[k] = float(np.sqrt(mean) if k == "rmse" else mean)
+    return out
 
 
 def splits_for(cfg: RunConfig, data: InteractionData):
@@ -97,7 +197,6 @@ def train(cfg: RunConfig, run_dir: str | None = None, *, resume: bool = False,
     Returns:
       RunResult with test metrics (empty when the split is "none").
     """
-    from tfmf.data.splits import carve_validation
     from tfmf.evaluation import evaluate
 
     rd = RunDir(run_dir or new_run_dir(cfg))
@@ -105,38 +204,59 @@ def train(cfg: RunConfig, run_dir: str | None = None, *, resume: bool = False,
     if chief:
         rd.prepare(cfg.to_yaml(), resume=resume, check_resumable=lambda d: check_resumable(d, cfg))
     try:
-        if data is None:
+        loaded = data is None
+        if loaded:
             with progress.stage("load"):
-                data = load_data(cfg)
+                data = load_data(cfg, per_rank=True)
         with progress.stage("split"):
-            fold = first_split(cfg, data)
-            fit_part, validation, test = carve_validation(
-                fold, fraction=cfg.train.validation_fraction,
-                users=cfg.data.split.validation_users,
-                fold_in_fraction=cfg.data.split.fold_in_fraction, seed=cfg.data.split.seed)
+            fold, fit_part, validation, test = _rank_fit_part(cfg, data)
         _check_split_sizes(cfg, data, fit_part, test)
+        if loaded:
+            # The split holds copies of every row; keep only the id maps of the whole set.
+            data = _ids_only(data)
         model = registry.create(cfg.model_name, cfg.model)
         with progress.stage("fit"):
             model.fit(fit_part, cfg.train, validation=validation, run_dir=rd, resume=resume)
         # The test part, once: nothing above saw it.
         with progress.stage("evaluate"):
             metrics = evaluate(model, test, cfg.eval) if test is not None else {}
+        n_train = fit_part.nnz
+        if data.partition is not None:
+            # Each rank holds only its shards' rows: its test part and its training rows.
+            if test is not None:
+                metrics = combine_metrics(metrics, test)
+            n_train = int(distributed.sum_over_ranks([n_train], "tfmf_n_train")[0])
         if chief:
             with progress.stage("save"):
-                _save_run(rd, cfg, data, model, fit_part, validation, metrics)
+                if data.partition is not None:
+                    del fold, fit_part, test
+                    model._seen = assemble_training_rows(cfg, data.partition[1])
+                    fit_part = None
+                _save_run(rd, cfg, data, model, fit_part, validation, metrics, n_train)
     finally:
         rd.unlock()
     return RunResult(run_dir=rd.path, metrics=metrics, history=model.history, model=model)
 
 
-def _save_run(rd: RunDir, cfg: RunConfig, data, model, fit_part, validation, metrics) -> None:
+def _save_run(rd: RunDir, cfg: RunConfig, data, model, fit_part, validation, metrics,
+              n_train: int | None = None) -> None:
     """The finished run's files, metrics.json last."""
     rd.save_model(model)
     rd.save_ids(data)
     rd.plot_learning_curve(model.history)
-    rd.write_metrics({"model": cfg.model_name, "data": data.name, "n_train": fit_part.nnz,
+    n_train = fit_part.nnz if n_train is None else n_train
+    rd.write_metrics({"model": cfg.model_name, "data": data.name, "n_train": n_train,
                       "n_validation": _size(validation),
                       "best_epoch": getattr(model, "best_epoch", None), "metrics": metrics})
+
+
+def _ids_only(data: InteractionData) -> InteractionData:
+    """``data`` without its rows (id maps, name and scale kept: what a saved run needs)."""
+    import dataclasses
+
+    empty = np.zeros(0, np.int32)
+    return dataclasses.replace(data, users=empty, items=empty, values=np.zeros(0, np.float32),
+                               timestamps=None)
 
 
 def _size(part) -> int:

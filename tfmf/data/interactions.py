@@ -35,6 +35,9 @@ class InteractionData:
       implicit: True when values are binary/confidence rather than ratings.
       item_titles: optional str array aligned with item indices (for display).
       name: dataset name, for reports.
+      partition: ``(rank, size)`` when this holds only the rows of rank ``rank`` of ``size``
+        (read per rank from shards, :func:`tfmf.data.shards.read_shards`); indices and id maps
+        stay global. Subsets, splits and binarizing keep it. None: the whole dataset.
     """
 
     users: np.ndarray
@@ -47,6 +50,7 @@ class InteractionData:
     implicit: bool = False
     item_titles: np.ndarray | None = None
     name: str = ""
+    partition: tuple[int, int] | None = None
     _user_lookup: dict | None = field(default=None, repr=False, compare=False)
     _item_lookup: dict | None = field(default=None, repr=False, compare=False)
 
@@ -278,6 +282,11 @@ class InteractionData:
     def binarize(self, threshold: float | None) -> "InteractionData":
         """Keeps interactions with value >= threshold as implicit 1.0 (None keeps all)."""
         keep = np.ones(self.nnz, bool) if threshold is None else self.values >= threshold
+        if keep.all():
+            # Nothing dropped (e.g. filtered while reading shards): share the index arrays.
+            del keep
+            return replace(self, values=np.ones(self.nnz, np.float32), implicit=True,
+                           rating_scale=None, _user_lookup=None, _item_lookup=None)
         out = self.subset(keep)
         out.values = np.ones(out.nnz, np.float32)
         out.implicit = True

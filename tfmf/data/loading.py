@@ -18,7 +18,8 @@ def is_sharded(source: str) -> bool:
         os.path.isfile(os.path.join(source, MANIFEST))
 
 
-def load_raw(cfg: DataConfig, rank: int = 0, size: int = 1) -> InteractionData:
+def load_raw(cfg: DataConfig, rank: int = 0, size: int = 1, *, timestamps: bool = True,
+             min_rating: float | None = None) -> InteractionData:
     """Loads ``cfg.source`` without binarizing or filtering.
 
     Sources: "sample", a MovieLens release name (see :data:`tfmf.data.movielens.SPECS`),
@@ -26,6 +27,9 @@ def load_raw(cfg: DataConfig, rank: int = 0, size: int = 1) -> InteractionData:
     directory written by ``tfmf data convert`` (or its manifest.json: only rank ``rank`` of
     ``size``'s shards are read, see :func:`tfmf.data.shards.read_shards`), or a path read by
     :func:`tfmf.data.readers.read_table` with the config's format options.
+
+    For a sharded source, ``timestamps=False`` skips the timestamp column and ``min_rating``
+    drops lower-rated rows while each shard is read (other sources ignore both).
     """
     from tfmf.data import movielens
 
@@ -49,7 +53,7 @@ def load_raw(cfg: DataConfig, rank: int = 0, size: int = 1) -> InteractionData:
     if is_sharded(src):
         from tfmf.data.shards import read_shards
 
-        return read_shards(src, rank, size)
+        return read_shards(src, rank, size, min_rating=min_rating, timestamps=timestamps)
     if not os.path.exists(src):
         known = ["sample", *movielens.SPECS, *SYNTHETIC]
         raise DataError(f"no such file, and not a known dataset name (known: {', '.join(known)})",
@@ -61,13 +65,16 @@ def load_raw(cfg: DataConfig, rank: int = 0, size: int = 1) -> InteractionData:
                       duplicates=cfg.duplicates, implicit=cfg.implicit)
 
 
-def load_dataset(cfg: DataConfig, rank: int = 0, size: int = 1) -> InteractionData:
+def load_dataset(cfg: DataConfig, rank: int = 0, size: int = 1, *,
+                 timestamps: bool = True) -> InteractionData:
     """Loads ``cfg.source``, then applies ``binarize_threshold`` and the min-count filters.
 
     Args:
       cfg: data section of a run config.
       rank, size: for a sharded source (``tfmf data convert``), read only the shards of rank
         ``rank`` of ``size`` (indices stay global). Other sources ignore them.
+      timestamps: False: a sharded source is read without its timestamps (a temporal split
+        needs them; nothing else does). Other sources ignore it.
 
     Returns:
       InteractionData (re-indexed contiguously when users/items were dropped).
@@ -84,7 +91,8 @@ def load_dataset(cfg: DataConfig, rank: int = 0, size: int = 1) -> InteractionDa
                           "convert SOURCE --out DIR --set data.min_user_interactions=5`",
                           key="data.min_user_interactions" if cfg.min_user_interactions
                           else "data.min_item_interactions")
-    data = load_raw(cfg, rank, size)
+    # Binarizing keeps rows >= the threshold: a sharded source drops the others as it reads.
+    data = load_raw(cfg, rank, size, timestamps=timestamps, min_rating=cfg.binarize_threshold)
     if cfg.binarize_threshold is not None:
         data = data.binarize(cfg.binarize_threshold)
     if cfg.min_user_interactions > 0 or cfg.min_item_interactions > 0:

@@ -19,11 +19,46 @@ import scipy.sparse as sp
 from tfmf.data.interactions import InteractionData
 
 
-def steps_per_epoch(n: int, batch_size: int, size: int = 1) -> int:
-    """Batches every rank runs per epoch: ``ceil(ceil(n / size) / batch_size)``."""
+def steps_per_epoch(n: int, batch_size: int, size: int = 1, local: bool = False) -> int:
+    """Batches every rank runs per epoch.
+
+    Args:
+      n: examples in the whole dataset; with ``local``, this rank's own examples.
+      batch_size: examples per batch (per rank).
+      size: number of ranks.
+      local: the ranks read disjoint parts (shards read per rank): the step count is
+        ``ceil(max_r n_r / batch_size)``, agreed by one collective (every rank must call it).
+
+    Returns:
+      ``ceil(ceil(n / size) / batch_size)``, or the local rule above.
+    """
     if batch_size < 1 or size < 1:
         raise ValueError("batch_size and size must be >= 1")
+    if local:
+        from tfmf import distributed
+
+        return max(1, math.ceil(distributed.max_over_ranks(n, "tfmf_local_rows") / batch_size))
     return math.ceil(math.ceil(n / size) / batch_size)
+
+
+def local_batches(n: int, batch_size: int, steps: int) -> list[np.ndarray]:
+    """Exactly ``steps`` batches of positions ``0..n-1`` (this rank's own examples).
+
+    For rows read per rank, where ``steps`` is the largest rank's batch count: a rank whose
+    rows fill ``steps`` batches of ``batch_size`` is cut like :func:`shard_indices`; a smaller
+    rank spreads its rows over ``steps`` batches of equal size (within one), so every rank
+    makes the same number of steps and every row is in exactly one batch. A rank with fewer
+    rows than steps repeats its rows, one per missing step (degenerate sizes only).
+    """
+    if n < 1:
+        raise ValueError("this rank has no rows to train on: every rank needs at least one "
+                         "(use fewer ranks or more shards)")
+    pos = np.arange(n, dtype=np.int64)
+    if math.ceil(n / batch_size) == steps:
+        return np.split(pos, range(batch_size, n, batch_size))
+    if n >= steps:
+        return np.array_split(pos, steps)
+    return [pos[k % n:k % n + 1] for k in range(steps)]
 
 
 def shard_indices(n: int, batch_size: int, *, rank: int = 0, size: int = 1, seed: int = 0,
@@ -105,7 +140,7 @@ def _epoch_source(epoch):
 
 
 def epoch_batches(n: int, batch_size: int, *, rank: int = 0, size: int = 1, seed: int = 0,
-                  epoch=None, shuffle: bool = True):
+                  epoch=None, shuffle: bool = True, local_steps: int | None = None):
     """A Dataset of this rank's batches of example indices (int64 vectors), one pass per epoch.
 
     Batch k of epoch e is ``shard_indices(n, batch_size, rank=rank, size=size, seed=seed,
@@ -114,10 +149,15 @@ def epoch_batches(n: int, batch_size: int, *, rank: int = 0, size: int = 1, seed
     Args:
       n, batch_size, rank, size, seed, shuffle: as :func:`shard_indices`.
       epoch: int, callable or None (see :func:`_epoch_source`).
+      local_steps: the ``n`` examples are this rank's own (read per rank): all of them, in
+        exactly this many batches (:func:`local_batches`); ``rank``/``size`` are not used.
     """
     import tensorflow as tf
 
-    positions = shard_indices(n, batch_size, rank=rank, size=size, shuffle=False)
+    if local_steps is not None:
+        positions = local_batches(n, batch_size, local_steps)
+    else:
+        positions = shard_indices(n, batch_size, rank=rank, size=size, shuffle=False)
     steps = len(positions)
     flat = np.concatenate(positions) if positions else np.zeros(0, np.int64)
     splits = np.zeros(steps + 1, np.int64)
@@ -163,14 +203,21 @@ def rating_dataset(data: InteractionData, batch_size: int = 1024, *, seed: int =
 
     Returns:
       tf.data.Dataset of ``{"user_id": int32[b], "item_id": int32[b], "rating": float32[b]}``
-      with ``steps_per_epoch(data.nnz, batch_size, size)`` elements per pass.
+      with ``steps_per_epoch(data.nnz, batch_size, size)`` elements per pass. When ``data``
+      holds only this rank's rows (``data.partition``, shards read per rank) every row is
+      this rank's: all of them, in ``steps_per_epoch(data.nnz, batch_size, size, local=True)``
+      batches (a collective: call it on every rank).
     """
     import tensorflow as tf
+
+    local = None
+    if data.partition is not None and size > 1:
+        local = steps_per_epoch(data.nnz, batch_size, size, local=True)
 
     cols = {"user_id": tf.constant(data.users, tf.int32), "item_id": tf.constant(data.items, tf.int32),
             "rating": tf.constant(data.values, tf.float32)}
     ds = epoch_batches(data.nnz, batch_size, rank=rank, size=size, seed=seed, epoch=epoch,
-                       shuffle=shuffle)
+                       shuffle=shuffle, local_steps=local)
     ds = ds.map(lambda idx: {k: tf.gather(t, idx) for k, t in cols.items()},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(ds, prefetch)
@@ -179,7 +226,7 @@ def rating_dataset(data: InteractionData, batch_size: int = 1024, *, seed: int =
 
 def user_rows(csr: sp.csr_matrix, batch_size: int, *, users: np.ndarray | None = None,
               target: sp.csr_matrix | None = None, seed: int = 0, epoch=None, rank: int = 0,
-              size: int = 1, shuffle: bool = True, prefetch: bool = True):
+              size: int = 1, shuffle: bool = True, prefetch: bool = True, local: bool = False):
     """Batches of sparse user rows (autoencoders / fold-in), never densified; every epoch.
 
     The CSR arrays live in the graph once; each batch gathers its rows' spans with
@@ -191,6 +238,8 @@ def user_rows(csr: sp.csr_matrix, batch_size: int, *, users: np.ndarray | None =
       users: row indices to iterate (default: all rows).
       target: optional CSR of the same shape; its rows are returned as ``"target"``.
       seed, epoch, rank, size, shuffle, prefetch: as in :func:`rating_dataset`.
+      local: ``users`` are this rank's own (rows read per rank): all of them, in
+        ``steps_per_epoch(len(users), batch_size, size, local=True)`` batches (a collective).
 
     Returns:
       tf.data.Dataset of ``{"user_index": int32[b], "items": SparseTensor float32 [b, n_items]}``
@@ -220,8 +269,10 @@ def user_rows(csr: sp.csr_matrix, batch_size: int, *, users: np.ndarray | None =
             out[key] = tf.SparseTensor(coords, tf.gather(values, flat), shape)
         return out
 
+    steps = steps_per_epoch(len(users), batch_size, size, local=True) if local and size > 1 \
+        else None
     ds = epoch_batches(len(users), batch_size, rank=rank, size=size, seed=seed, epoch=epoch,
-                       shuffle=shuffle)
+                       shuffle=shuffle, local_steps=steps)
     ds = ds.map(gather_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(ds, prefetch)
 

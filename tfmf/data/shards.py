@@ -170,6 +170,18 @@ def shards_for_rank(n_shards: int, rank: int, size: int) -> range:
     return range(rank * n_shards // size, (rank + 1) * n_shards // size)
 
 
+def rank_user_range(path: str | os.PathLike, rank: int, size: int) -> tuple[int, int]:
+    """``[lo, hi)`` of the user indices whose rows rank ``rank`` of ``size`` reads.
+
+    Ranks' ranges are contiguous, disjoint, ordered by rank and together cover every user.
+    """
+    m = read_manifest(path)
+    mine = shards_for_rank(len(m["shards"]), rank, size)
+    lo = 0 if rank == 0 else int(m["shards"][mine.start]["users"][0])
+    hi = int(m["n_users"]) if rank == size - 1 else int(m["shards"][mine.stop - 1]["users"][1])
+    return lo, hi
+
+
 def _read_file(root: str, entry: dict, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
@@ -193,16 +205,23 @@ def _ids(table) -> np.ndarray:
     return ids.astype(str) if ids.dtype == object else ids
 
 
-def read_shards(path: str | os.PathLike, rank: int = 0, size: int = 1) -> InteractionData:
+def read_shards(path: str | os.PathLike, rank: int = 0, size: int = 1, *,
+                min_rating: float | None = None, timestamps: bool = True) -> InteractionData:
     """This rank's interactions of a converted dataset, in the global id space.
 
     Args:
       path: the directory written by ``tfmf data convert`` (or its manifest.json).
       rank, size: this process's rank and the number of ranks (0, 1: every shard).
+      min_rating: keep only rows rated >= this, filtered shard by shard as they are read (so
+        the rows below it are never held; what ``data.binarize_threshold`` keeps).
+      timestamps: read the timestamp column (False: ``timestamps`` is None, 8 bytes a row
+        less; only temporal splits need them).
 
     Returns:
       InteractionData with the full id maps (``n_users``/``n_items`` of the whole dataset) and
-      only the rows of this rank's shards (:func:`shards_for_rank`).
+      only the rows of this rank's shards (:func:`shards_for_rank`); with ``size > 1`` its
+      ``partition`` is ``(rank, size)``, which the input pipelines read as "these rows are this
+      rank's own" (:func:`tfmf.data.pipelines.rating_dataset`).
 
     Raises:
       DataError: naming the manifest or shard file that is missing, changed or corrupt.
@@ -218,7 +237,7 @@ def read_shards(path: str | os.PathLike, rank: int = 0, size: int = 1) -> Intera
     if len(user_ids) != m["n_users"] or len(item_ids) != m["n_items"]:
         raise DataError("id maps disagree with manifest.json's n_users/n_items",
                         os.path.join(root, MANIFEST))
-    has_ts = "timestamp" in m.get("schema", {})
+    has_ts = "timestamp" in m.get("schema", {}) and timestamps
     entries = [m["shards"][k] for k in mine]
     n = int(sum(e["rows"] for e in entries))
     users = np.empty(n, np.int32)
@@ -226,8 +245,13 @@ def read_shards(path: str | os.PathLike, rank: int = 0, size: int = 1) -> Intera
     values = np.empty(n, np.float32)
     ts = np.empty(n, np.int64) if has_ts else None
     off = 0
+    cols = ["user", "item", "rating"] + (["timestamp"] if has_ts else [])
     for e in entries:
-        t = _read_file(root, e)
+        t = _read_file(root, e, columns=cols)
+        if min_rating is not None:
+            import pyarrow.compute as pc
+
+            t = t.filter(pc.greater_equal(t.column("rating"), float(min_rating)))
         k = t.num_rows
         users[off:off + k] = t.column("user").to_numpy()
         items[off:off + k] = t.column("item").to_numpy()
@@ -241,8 +265,14 @@ def read_shards(path: str | os.PathLike, rank: int = 0, size: int = 1) -> Intera
                             os.path.join(root, e["file"]))
         off += k
         del t
+    if off < n:
+        # Filtered: views of what was written. The tail of each np.empty buffer was never
+        # touched, so its pages were never resident: no copy, no RSS for dropped rows.
+        users, items, values = users[:off], items[:off], values[:off]
+        ts = None if ts is None else ts[:off]
     scale = tuple(m["rating_scale"]) if m.get("rating_scale") else None
     return InteractionData(users=users, items=items, values=values, user_ids=user_ids,
                            item_ids=item_ids, timestamps=ts, rating_scale=scale,
                            implicit=bool(m.get("implicit")), item_titles=titles,
-                           name=m.get("name") or os.path.basename(os.path.abspath(root)))
+                           name=m.get("name") or os.path.basename(os.path.abspath(root)),
+                           partition=(rank, size) if size > 1 else None)

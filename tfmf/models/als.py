@@ -501,6 +501,14 @@ def gather_rows_back(parts: list[tf.Tensor], chunks: list[RowChunk], n_rows: int
 
 
 # --------------------------------------------------------------------------- the solver
+def _row_view(m: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``[start, stop)`` of a CSR sharing its indices and data (``m[start:stop]`` copies
+    them: a second copy of a rank's entries)."""
+    a, b = int(m.indptr[start]), int(m.indptr[stop])
+    return sp.csr_matrix((m.data[a:b], m.indices[a:b], m.indptr[start:stop + 1] - a),
+                         shape=(stop - start, m.shape[1]), copy=False)
+
+
 class _Side:
     """One side's training rows as this process holds them: the rows ``[start, stop)`` of the
     factor table it solves (all rows in one process, its own block under Horovod), as flat
@@ -541,12 +549,15 @@ class ALSSolver:
       cg_steps: CG steps per half-step.
       distributed: split the rows over Horovod ranks; None: when
         :func:`tfmf.distributed.is_distributed`.
+      local_rows: under Horovod, ``train`` holds only this rank's users' rows (read per
+        rank): the user block is those users, the item block's columns come from every rank
+        by alltoall, and ``nnz`` is summed over ranks (:mod:`tfmf.models.als_distributed`).
     """
 
     def __init__(self, train: sp.csr_matrix, *, regularization: float, weighted_lambda: bool,
                  alpha: float | None = None, biased: bool = False, mu: float = 0.0,
                  chunk_size: int = 1024, solver: str = "cholesky", cg_steps: int = 3,
-                 distributed: bool | None = None):
+                 distributed: bool | None = None, local_rows: bool = False):
         if alpha is not None and biased:
             raise ValueError("biased ALS is for explicit ratings (alpha must be None)")
         if solver not in ("cholesky", "cg"):
@@ -562,12 +573,23 @@ class ALSSolver:
         self.alpha, self.biased, self.mu = alpha, biased, float(mu)
         self.solver, self.cg_steps = solver, cg_steps
         self._reg, self._weighted, self._chunk_size = regularization, weighted_lambda, chunk_size
-        u0, u1 = self.dist.own_range(np.asarray(train.indptr))
+        local = local_rows and self.dist.size > 1
         item_counts = np.bincount(train.indices, minlength=self.n_items)
-        i0, i1 = self.dist.own_range(np.concatenate([[0], np.cumsum(item_counts)]))
-        users = train[u0:u1] if self.dist.size > 1 else train
+        if local:
+            u0, u1 = self.dist.local_user_range(np.asarray(train.indptr))
+            item_counts = np.rint(self.dist.allreduce_sum(
+                tf.constant(item_counts, tf.float64), "als_item_counts").numpy()).astype(np.int64)
+            self.nnz = int(item_counts.sum())
+        else:
+            u0, u1 = self.dist.own_range(np.asarray(train.indptr))
+        item_ranges = self.dist.ranges(np.concatenate([[0], np.cumsum(item_counts)]))
+        i0, i1 = item_ranges[self.dist.rank]
+        users = _row_view(train, u0, u1) if self.dist.size > 1 else train
         # This rank's items' columns as rows; the full matrix is not kept (caller's copy).
-        items = (train[:, i0:i1] if self.dist.size > 1 else train).T.tocsr()
+        if local:
+            items = self.dist.exchange_columns(train, item_ranges)
+        else:
+            items = (train[:, i0:i1] if self.dist.size > 1 else train).T.tocsr()
         del train
         users.sort_indices()
         items.sort_indices()
@@ -806,12 +828,16 @@ class _ALSFit:
             return MFConfig(**common)  # unbiased ALS is plain MF (r = u . v, like "mf")
         return BiasedMFConfig(**common, use_bias=True, bias_l2=c.regularization)
 
-    def _solver(self, train: sp.csr_matrix, mu: float = 0.0) -> ALSSolver:
+    #: Under horovodrun a sharded source is read per rank (tfmf.runner.reads_per_rank).
+    distributed_rows = True
+
+    def _solver(self, train: sp.csr_matrix, mu: float = 0.0, local_rows: bool = False
+                ) -> ALSSolver:
         c = self.config
         return ALSSolver(train, regularization=c.regularization, weighted_lambda=c.weighted_lambda,
                          alpha=c.alpha if self.implicit else None,
                          biased=not self.implicit and c.biased, mu=mu, chunk_size=c.chunk_size,
-                         solver=c.solver, cg_steps=c.cg_steps)
+                         solver=c.solver, cg_steps=c.cg_steps, local_rows=local_rows)
 
     def _biased(self) -> bool:
         return isinstance(self.model, BiasedMatrixFactorization)
@@ -837,7 +863,15 @@ class _ALSFit:
             cfg = dataclasses.replace(cfg, seed=c.seed)
         self._begin(train, cfg)
         self.model = self.build_model(train, cfg)  # its initializer gives the starting factors
-        sweeper = ALSSweeps(self.model, self._solver(self._seen, self._mu()),
+        local = train.partition is not None
+        if local and self._biased():
+            # This rank's rows only: the global mean is the ranks' pooled mean.
+            from tfmf import distributed
+
+            total, count = distributed.sum_over_ranks([float(np.sum(train.values, dtype=np.float64)),
+                                                       train.nnz], "als_global_mean")
+            self.model.global_mean.assign(total / max(1.0, count))
+        sweeper = ALSSweeps(self.model, self._solver(self._seen, self._mu(), local),
                             biased=self._biased(), implicit=self.implicit)
         compile_model(sweeper, cfg, steps_per_epoch=1, run_eagerly=True)
         return self.fit_keras(sweep_dataset(), cfg, steps_per_epoch=1, validation=validation,

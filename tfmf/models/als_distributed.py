@@ -8,6 +8,13 @@ rank holds the full factor table again. The iALS Gramian ``Y^T Y = sum_r Y_r^T Y
 *allreduce* of the ranks' block Gramians ([d, d] each). Traffic per sweep: the two factor
 tables once (``(n_users + n_items) * d`` floats) plus two d x d matrices and four loss sums.
 
+Rows read per rank (shards, ``InteractionData.partition``): a rank holds only its own users'
+rows. Its user block is then its shards' user range (:meth:`Group.local_user_range`), and the
+item blocks' columns are gathered with one *alltoall* (:meth:`Group.exchange_columns`): every
+rank sends each peer the entries of the peer's items, so a rank ends holding its users' rows
+and its items' columns -- about ``2 / size`` of the training entries -- and never the whole
+matrix. The solves, collectives and results are the same as with the full matrix.
+
 A rank that dies makes its peers' next collective fail (Gloo: connection closed, or
 ``HOROVOD_GLOO_TIMEOUT_SECONDS``), and horovodrun ends the job non-zero.
 """
@@ -60,6 +67,66 @@ class Group:
     def own_range(self, indptr: np.ndarray) -> tuple[int, int]:
         """This rank's ``[start, stop)`` of :meth:`ranges`."""
         return self.ranges(indptr)[self.rank]
+
+    def local_user_range(self, indptr: np.ndarray) -> tuple[int, int]:
+        """This rank's user block when it holds only its own users' rows (read per rank).
+
+        Ranks hold disjoint, rank-ordered user ranges (:func:`tfmf.data.shards.
+        shards_for_rank`); block ``r`` runs from rank ``r``'s first user with rows to rank
+        ``r + 1``'s (rank 0 from 0, the last rank to ``n``), so the blocks are contiguous,
+        cover every row, and allgathered solutions come back in row order. One allgather.
+        """
+        indptr = np.asarray(indptr, np.int64)
+        n = len(indptr) - 1
+        rows = np.flatnonzero(np.diff(indptr))
+        first = int(rows[0]) if len(rows) else n
+        if self.size == 1:
+            return 0, n
+        firsts = self.allgather_rows(tf.constant([first], tf.int64), "als_local_first").numpy()
+        # An empty rank starts where the next non-empty one does.
+        firsts = np.minimum.accumulate(np.append(firsts, n)[::-1])[::-1]
+        firsts[0] = 0
+        if np.any(np.diff(firsts) < 0):  # pragma: no cover - shards are rank-ordered
+            raise ValueError("ranks' user rows are not in rank order")
+        return int(firsts[self.rank]), int(firsts[self.rank + 1])
+
+    def exchange_columns(self, m, item_ranges: list[tuple[int, int]]):
+        """This rank's items' columns (as rows: CSR [own items, n_users]) from every rank.
+
+        Args:
+          m: CSR [n_users, n_items] holding this rank's users' rows (other rows empty).
+          item_ranges: every rank's ``[start, stop)`` item block (:meth:`ranges`).
+
+        One alltoall per array (users, items, values): rank ``q`` receives the entries whose
+        item is in its block, from every rank.
+        """
+        import scipy.sparse as sp
+
+        i0, i1 = item_ranges[self.rank]
+        if self.size == 1:
+            return sp.csr_matrix(m[:, i0:i1].T, dtype=np.float32)
+        import horovod.tensorflow as hvd
+
+        # One array at a time, sent in owner order through boolean masks (no int64 argsort,
+        # no COO copy of everything): the peak is this rank's rows plus about two arrays.
+        n_users = m.shape[0]
+        own = [((m.indices >= a) & (m.indices < b)) for a, b in item_ranges]
+        splits = tf.constant([int(k.sum()) for k in own], tf.int32)
+        row_of = np.repeat(np.arange(n_users, dtype=np.int32), np.diff(m.indptr))
+        got = []
+        for k, arr in enumerate((row_of, m.indices, m.data)):
+            send = tf.constant(np.concatenate([arr[mask] for mask in own]))
+            got.append(hvd.alltoall(send, splits=splits, name=f"als_cols_{k}")[0].numpy())
+            del send
+            if k == 0:
+                del row_of
+        del own
+        out = sp.csr_matrix((got[2].astype(np.float32, copy=False),
+                             (got[1].astype(np.int32, copy=False) - i0, got[0])),
+                            shape=(i1 - i0, n_users), dtype=np.float32)
+        del got
+        out.sort_indices()
+        return out
 
     def allgather_rows(self, x: tf.Tensor, name: str) -> tf.Tensor:
         """Every rank's rows of ``x`` concatenated in rank order (``x`` in one process)."""

@@ -469,7 +469,9 @@ class MF(FactorRecommender):
     def steps_per_epoch(self, train, train_config, size):
         from tfmf.data.pipelines import steps_per_epoch
 
-        return steps_per_epoch(train.nnz, train_config.batch_size, size)
+        # Rows read per rank (train.partition): ranks agree on the largest rank's count.
+        return steps_per_epoch(train.nnz, train_config.batch_size, size,
+                               local=train.partition is not None and size > 1)
 
 
 @register("biased_mf")

@@ -285,12 +285,15 @@ class MultVAE(KerasRecommender):
 
         return user_rows(self._seen, train_config.batch_size, users=self._train_users(train),
                          seed=train_config.seed, epoch=epoch, rank=rank, size=size,
-                         shuffle=train_config.shuffle, prefetch=train_config.prefetch)
+                         shuffle=train_config.shuffle, prefetch=train_config.prefetch,
+                         local=train.partition is not None)
 
     def steps_per_epoch(self, train, train_config, size):
         from tfmf.data.pipelines import steps_per_epoch
 
-        return steps_per_epoch(len(self._train_users(train)), train_config.batch_size, size)
+        # Rows read per rank (train.partition): ranks agree on the largest rank's count.
+        return steps_per_epoch(len(self._train_users(train)), train_config.batch_size, size,
+                               local=train.partition is not None and size > 1)
 
     # ------------------------------------------------------------------ inference
     def _rows(self, users, user_items) -> sp.csr_matrix:
