@@ -1,4 +1,4 @@
-"""Bayesian biased MF and Bayesian SVD++ fitted by Gibbs sampling ("bayesian_mf", "bayesian_svdpp").
+"""Bayesian biased MF and SVD++ by Gibbs sampling ("bayesian_mf", "bayesian_svdpp").
 
 The base model is biased MF with priors (Salakhutdinov & Mnih 2008, BPMF; the offsets are one
 more coordinate of each row, as in Bayesian factorization machines):
@@ -31,7 +31,7 @@ prior mean; ``(m_U, Lambda_U)`` are drawn from the deviations ``a_u - Y^T x_u`` 
 ``lambda_Y Y^T Y`` added to the Wishart scale and ``n_items`` to its degrees of freedom; and
 ``Y`` given the rows is matrix-normal, drawn in one linear solve by noise injection:
 
-    (X^T X + lambda_Y I) Y = X^T (A - 1 m^T + E_1) + sqrt(lambda_Y) E_2,   rows of E ~ N(0, Lambda^-1)
+    (X^T X + lambda_Y I) Y = X^T (A - 1 m^T + E_1) + sqrt(lambda_Y) E_2, rows of E ~ N(0, Lambda^-1)
 
 (the right-hand side has covariance ``(X^T X + lambda_Y I) (x) Lambda^-1``, so ``Y`` has the
 posterior's). ``X`` never changes, so ``X^T X + lambda_Y I`` [n_items, n_items] is factored
@@ -135,7 +135,7 @@ class BayesianMFConfig:
     clip_predictions: bool = True
     implicit_user: bool = False
     implicit_item: bool = False
-    implicit_precision: float = 5.0
+    implicit_precision: float = 1.0
     time_user_day: bool = False
     time_item_bins: int = 0
     day_seconds: int = 86400
