@@ -132,8 +132,15 @@ def markdown(result: dict) -> str:
 #: tfmf rows of explicit-ml100k: label -> config file
 EXPLICIT = {"mf": "ml100k_mf.yaml", "biased_mf": "ml100k_biased_mf.yaml", "als": "ml100k_als.yaml",
             "bayesian_mf": "ml100k_bayesian_mf.yaml"}
+# Bayesian rows of issues #15/#18: SVD++ (implicit feedback from the training pairs only),
+# timeSVD++ flipped (+ item-side implicit, user-day and item-bin biases; predictions read the
+# query's timestamp), and Bayesian MF with a shorter, narrower chain (the speed row).
+EXPLICIT.update({"bayesian_mf_fast": "ml100k_bayesian_mf_fast.yaml",
+                 "bayesian_svdpp": "ml100k_bayesian_svdpp.yaml",
+                 "bayesian_timesvdpp_flipped": "ml100k_bayesian_timesvdpp_flipped.yaml"})
 #: --scale tiny overrides per tfmf row (seconds instead of minutes; numbers meaningless)
 _TINY = {"als": ["model.iterations=1"], "bayesian_mf": ["model.burn_in=1", "model.samples=2"]}
+_TINY.update({k: _TINY["bayesian_mf"] for k in EXPLICIT if k.startswith("bayesian_")})
 EXPLICIT_METRICS = ("rmse", "mae")
 #: Surprise SVD's RMSE on u1, the time-to-target goal when Surprise is not installed.
 SVD_U1_RMSE = 0.938
@@ -211,6 +218,8 @@ def explicit_ml100k(args) -> dict:
     svd = rows[0] if rows else {"fit_s": None, "ttt_s": None, "u1_rmse": SVD_U1_RMSE}
     target = svd["u1_rmse"]
     for label, path in EXPLICIT.items():
+        if getattr(args, "rows", None) and label not in args.rows.split(","):
+            continue
         tiny_set = _TINY.get(label, ["train.epochs=1", "train.batch_size=2048"]) if tiny else []
         cfg = load_config(os.path.join(CONFIGS, path),
                           overrides=["train.verbose=0", *data_set, *tiny_set])
@@ -709,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-svdpp", action="store_true",
                    help="explicit-ml100k: also run Surprise SVD++ (minutes per fold)")
     p.add_argument("--data-dir", default=None, help="directory holding ml-100k/")
+    p.add_argument("--rows", default=None,
+                   help="explicit-ml100k: only these tfmf rows (comma-separated; default all)")
     args = p.parse_args(argv)
     command = "python -m pipelines.benchmark " + shlex.join(argv)
     if args.suite == "all":

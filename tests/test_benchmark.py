@@ -18,7 +18,8 @@ from pipelines import benchmark as bench
 #: suite -> {table title prefix: (row labels column, expected labels, required columns)}
 EXPECTED = {
     "explicit-ml100k": {"ML-100K official folds": (
-        "model", ["SVD", "mf", "biased_mf", "als", "bayesian_mf"],
+        "model", ["SVD", "mf", "biased_mf", "als", "bayesian_mf", "bayesian_mf_fast",
+                  "bayesian_svdpp", "bayesian_timesvdpp_flipped"],
         ["library", "rmse", "mae", "fit_s", "u1_rmse", "ttt_s", "fit_x_svd", "ttt_x_svd"])},
     "implicit-ml100k": {"ML-100K strong generalization": (
         "model", ["mult_vae", "mult_dae", "ials", "ease", "popularity", "als"],

@@ -59,6 +59,7 @@ def _small(cfg, n_users, n_items, nnz) -> list[Stage]:
 #: registry model name -> f(cfg, n_users, n_items, nnz) -> stages of its fit.
 MODEL_ESTIMATES: dict[str, Callable] = {
     "mf": _mf, "biased_mf": _mf, "als": _als, "ials": _als, "bayesian_mf": _bayesian,
+    "bayesian_svdpp": _bayesian,
     "mult_vae": _vae, "mult_dae": _vae, "ease": _ease, "popularity": _small,
     "bias_baseline": _small,
 }
