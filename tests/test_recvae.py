@@ -49,6 +49,7 @@ def changed(a, b) -> bool:
     return any(not np.array_equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_phases_update_only_their_half_and_refresh_the_prior():
     """Epochs 1-2 move only the encoder, epoch 3 only the decoder; the prior's encoder is
     copied from the encoder at the encoder -> decoder switch and is frozen otherwise."""
@@ -104,6 +105,7 @@ def test_beta_is_gamma_times_user_activity_and_prior_is_a_normalized_mixture():
     np.testing.assert_allclose(np.trapz(density, grid, axis=0), 1.0, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise(tmp_path):
     d = tiny_data()
     full = RecVAE(small_cfg()).fit(d, train_cfg(epochs=5))
@@ -117,6 +119,7 @@ def test_resume_is_bitwise(tmp_path):
     assert [h["encoder_phase"] for h in part.history] == [1.0, 1.0, 0.0, 1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_fold_in_save_load_and_savedmodel_recommend_from_items(tmp_path):
     from tfmf.export import export_model
 
