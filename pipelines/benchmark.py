@@ -256,7 +256,7 @@ def explicit_ml100k(args) -> dict:
 
 
 # --------------------------------------------------------------------------- implicit-ml100k
-IMPLICIT_MODELS = ("mult_vae", "mult_dae", "ials", "ease", "popularity")
+IMPLICIT_MODELS = ("mult_vae", "mult_dae", "ials", "ease", "popularity", "recvae", "edlae")
 IMPLICIT_METRICS = ("ndcg@100", "recall@20", "recall@50")
 
 
@@ -274,7 +274,7 @@ def implicit_ml100k(args) -> dict:
     if tiny:
         folds = folds[:1]
     tiny_sets = {"mult_vae": ["train.epochs=1"], "mult_dae": ["train.epochs=1"],
-                 "ials": ["model.iterations=1"]}
+                 "recvae": ["train.epochs=1"], "ials": ["model.iterations=1"]}
     rows, notes, per_fold = [], [], {}
     for name in IMPLICIT_MODELS:
         extra = tiny_sets.get(name, []) if tiny else []

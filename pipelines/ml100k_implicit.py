@@ -36,6 +36,8 @@ MODELS = {
     "ease": (EASE_CONFIG, []),
     "ials": (IALS_CONFIG, []),
     "popularity": (EASE_CONFIG, None),
+    "recvae": (os.path.join(ROOT, "configs", "ml100k_recvae.yaml"), []),
+    "edlae": (os.path.join(ROOT, "configs", "ml100k_edlae.yaml"), []),
 }
 REPORT = ("ndcg@100", "recall@20", "recall@50")
 

@@ -22,7 +22,10 @@ EXPECTED = {
                   "bayesian_svdpp", "bayesian_timesvdpp_flipped"],
         ["library", "rmse", "mae", "fit_s", "u1_rmse", "ttt_s", "fit_x_svd", "ttt_x_svd"])},
     "implicit-ml100k": {"ML-100K strong generalization": (
-        "model", ["mult_vae", "mult_dae", "ials", "ease", "popularity", "als"],
+        "model", ["mult_vae", "mult_dae", "ials", "ease", "popularity", "recvae", "edlae", "als"],
+        ["library", "ndcg@100", "recall@20", "recall@50", "fit_s", "fit_x_ials"])},
+    "implicit-playcounts": {"Synthetic play counts": (
+        "model", ["ials", "ease", "edlae", "mult_vae", "recvae", "popularity", "als"],
         ["library", "ndcg@100", "recall@20", "recall@50", "fit_s", "fit_x_ials"])},
     "throughput": {
         "MF ratings/s": ("model", ["mf", "biased_mf"], ["epoch ratings/s", "step ratings/s"]),
@@ -74,7 +77,7 @@ def tiny(tmp_path_factory, request):
 
 @pytest.mark.parametrize("suite", list(EXPECTED))
 def test_suite_tiny(tiny, suite):
-    if suite == "implicit-ml100k":
+    if suite in ("implicit-ml100k", "implicit-playcounts"):
         pytest.importorskip("implicit")
     if suite == "explicit-ml100k":
         pytest.importorskip("surprise")

@@ -43,6 +43,15 @@ def _vae(cfg, n_users, n_items, nnz) -> list[Stage]:
              vae_bytes(n_items, list(cfg.model.dims), cfg.train.batch_size), "train.batch_size")]
 
 
+def _recvae(cfg, n_users, n_items, nnz) -> list[Stage]:
+    m = cfg.model
+    # Two encoders (the prior's is a frozen copy) + decoder: the VAE estimate of the widths,
+    # plus one more first-layer table.
+    return [("encoders/decoder tables + batch logits",
+             vae_bytes(n_items, [m.hidden_dim, m.latent_dim], cfg.train.batch_size)
+             + 4 * n_items * m.hidden_dim, "train.batch_size")]
+
+
 def _ease(cfg, n_users, n_items, nnz) -> list[Stage]:
     from tfmf.models.ease import CPU_SOLVER, DENSE_USER_SHARE
 
@@ -60,7 +69,7 @@ def _small(cfg, n_users, n_items, nnz) -> list[Stage]:
 MODEL_ESTIMATES: dict[str, Callable] = {
     "mf": _mf, "biased_mf": _mf, "als": _als, "ials": _als, "bayesian_mf": _bayesian,
     "bayesian_svdpp": _bayesian,
-    "mult_vae": _vae, "mult_dae": _vae, "ease": _ease, "popularity": _small,
+    "mult_vae": _vae, "mult_dae": _vae, "recvae": _recvae, "ease": _ease, "popularity": _small,
     "bias_baseline": _small,
 }
 

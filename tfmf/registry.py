@@ -6,7 +6,7 @@ import importlib
 _MODELS: dict[str, type] = {}
 # Modules whose import registers models; imported lazily so `tfmf --help` does not load TF.
 _MODEL_MODULES = ("tfmf.models.baselines", "tfmf.models.ease", "tfmf.models.mf", "tfmf.models.vae",
-                  "tfmf.models.als", "tfmf.models.bayesian")
+                  "tfmf.models.recvae", "tfmf.models.als", "tfmf.models.bayesian")
 
 
 def register(name: str):

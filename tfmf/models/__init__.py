@@ -6,7 +6,8 @@ Keras models (``compile()`` + ``fit()`` on :mod:`tfmf.data` pipelines):
 ``recalculate_user``; one per registry name): :class:`~tfmf.models.mf.MF`,
 :class:`~tfmf.models.mf.BiasedMF`, :class:`~tfmf.models.als.ALS`, :class:`~tfmf.models.als.IALS`,
 :class:`~tfmf.models.bayesian.BayesianMF`, :class:`~tfmf.models.vae.MultVAE`,
-:class:`~tfmf.models.vae.MultDAE`, :class:`~tfmf.models.ease.EASE` and the baselines.
+:class:`~tfmf.models.vae.MultDAE`, :class:`~tfmf.models.recvae.RecVAE`,
+:class:`~tfmf.models.ease.EASE` and the baselines.
 Imports are lazy so that ``import tfmf.models`` does not load TensorFlow.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ _WHERE = {
     "MultVAEModel": "vae", "MultVAEConfig": "vae", "MultDAEConfig": "vae", "MultVAE": "vae",
     "MultDAE": "vae", "ALS": "als", "IALS": "als", "ALSConfig": "als", "IALSConfig": "als",
     "BayesianMF": "bayesian", "BayesianMFConfig": "bayesian", "EASE": "ease",
+    "RecVAE": "recvae", "RecVAEConfig": "recvae", "RecVAEModel": "recvae",
     "Recommender": "base",
 }
 

@@ -33,6 +33,13 @@ How the n x n work is done (the whole cost of a fit; every step works in place o
    (the one that measured fastest here; see docs/BENCHMARKS.md, "speed-ease").
 3. **Weights.** ``B = -P / diag(P)`` column-wise with a zero diagonal, in place.
 
+**EDLAE** (Steck 2020, "Autoencoders that don't overfit towards the Identity"): training the
+same zero-diagonal item-item model as a denoising autoencoder that drops each input entry with
+probability p (emphasis on the dropped entries) marginalizes, in closed form, into EASE with a
+per-item penalty: ``G = X^T X + Lambda`` with ``Lambda = l2 I + p / (1 - p) diagMat(X^T X)``.
+Popular items (large ``G_jj``) are shrunk more, which a single lambda cannot do. ``dropout: 0``
+is plain EASE. The cost is one extra pass over the diagonal.
+
 float32 halves memory and (on CPUs with AVX-512) the time; with the penalty lambda of EASE
 (hundreds) G is well conditioned and float32 keeps the float64 top-K (measured in the
 ``speed-ease`` suite).
@@ -70,6 +77,8 @@ class EASEConfig:
     Attributes:
       l2: the L2 penalty lambda added to the Gram diagonal (Steck used 500 on ML-20M;
         ML-100K-sized data prefers a few hundred too).
+      dropout: EDLAE's dropout probability p (module docstring): adds
+        ``p / (1 - p) * (X^T X)_jj`` to the Gram diagonal; 0 is plain EASE.
       binarize: use 1.0 for every interaction instead of its value.
       dtype: float32 (half the memory and time; same top-K as float64 at EASE's penalties) or
         float64.
@@ -79,12 +88,14 @@ class EASEConfig:
     """
 
     l2: float = 500.0
+    dropout: float = 0.0
     binarize: bool = True
     dtype: str = "float32"
     solver: str = "auto"
 
     def validate(self, key: str) -> None:
         check(self.l2 > 0, f"{key}.l2", "must be > 0")
+        check(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
         check(self.dtype in ("float32", "float64"), f"{key}.dtype", "must be float32 or float64")
         check(self.solver in SOLVERS, f"{key}.solver", f"must be one of {', '.join(SOLVERS)}")
 
@@ -264,6 +275,10 @@ class EASE(Recommender):
                          f"EASE fit ({train.n_items:,} items, {c.dtype}, solver {solver})",
                          memory.ease_key(c.dtype))
         g = item_gram(self._prepare(self._seen), c.dtype, c.l2)
+        if c.dropout > 0:
+            # EDLAE: the Gram diagonal is X^T X's plus l2; scale its X^T X part by 1/(1-p).
+            d = np.diag_indices(g.shape[0])
+            g[d] += (g[d] - g.dtype.type(c.l2)) * g.dtype.type(c.dropout / (1.0 - c.dropout))
         p = spd_inverse(g, solver)
         del g
         b = ease_weights(p)

@@ -87,6 +87,26 @@ def l2_normalize_rows(x: tf.SparseTensor) -> tf.SparseTensor:
     return tf.SparseTensor(x.indices, x.values * tf.gather(inv, rows), x.dense_shape)
 
 
+def prepare_rows(x: tf.SparseTensor, rate, rng: tf.random.Generator,
+                 dtype) -> tf.SparseTensor:
+    """Encoder input: rows L2-normalized, values dropped out at ``rate`` (inverted dropout).
+
+    Args:
+      x: [batch, n_items] rows.
+      rate: dropout rate (a float, or a float32 scalar tensor; 0 disables it). A float 0 draws
+        nothing from ``rng``; a tensor always draws, so the stream does not depend on its value.
+      rng: the model-owned generator (checkpointed, so a resumed run continues its stream).
+      dtype: the compute dtype of the result.
+    """
+    x = l2_normalize_rows(cast_sparse(x, tf.float32))
+    if isinstance(rate, tf.Tensor) or rate > 0:
+        rate = tf.cast(rate, tf.float32)
+        keep = rng.uniform(tf.shape(x.values), dtype=tf.float32) >= rate
+        x = tf.SparseTensor(x.indices, tf.where(keep, x.values / (1.0 - rate), 0.0),
+                            x.dense_shape)
+    return cast_sparse(x, dtype)
+
+
 class SparseDense(tf_keras.layers.Layer):
     """Dense layer whose input is a ``tf.SparseTensor`` (first encoder layer over items).
 
@@ -160,14 +180,8 @@ class MultVAEModel(ComponentLossModel):
     # ------------------------------------------------------------------ pieces
     def prepare_input(self, x: tf.SparseTensor, training: bool) -> tf.SparseTensor:
         """Casts to the compute dtype, L2-normalizes rows and drops out values (training)."""
-        x = cast_sparse(x, tf.float32)
-        x = l2_normalize_rows(x)
-        rate = self.cfg.dropout
-        if training and rate > 0:
-            keep = self.rng.uniform(tf.shape(x.values), dtype=tf.float32) >= rate
-            x = tf.SparseTensor(x.indices, tf.where(keep, x.values / (1.0 - rate), 0.0),
-                                x.dense_shape)
-        return cast_sparse(x, self.compute_dtype)
+        return prepare_rows(x, self.cfg.dropout if training else 0.0, self.rng,
+                            self.compute_dtype)
 
     def encode(self, x: tf.SparseTensor, training: bool = False):
         """(mean, log-variance) for the VAE, (code, None) for the DAE; both float32."""
