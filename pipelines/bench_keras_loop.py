@@ -23,6 +23,9 @@ import numpy as np
 
 from pipelines.benchmark import ratio, suite
 
+#: The previous Trainer's default steps per compiled call (TrainConfig's default was 16).
+REFERENCE_SPE = 16
+
 
 def reference_loop(model, spe: int):
     """The previous Trainer's loop around ``model``'s step: ``(dataset) -> (wall, CPU) s``."""
@@ -81,18 +84,28 @@ def compare(rec, train, cfg, rounds: int, epochs_per_round: int) -> dict:
                   callbacks=[cb.DivergenceGuard(steps), cb.EpochInfo(steps), clock])
         return clock.seconds
 
-    ref = reference_loop(model, cfg.steps_per_execution)
+    default_spe = cfg.steps_per_execution
+    ref = reference_loop(model, REFERENCE_SPE)
     ref(dataset)  # its trace
-    keras(1)
-    k_s, r_s = [], []
-    for _ in range(rounds):
-        r_s += [ref(dataset) for _ in range(epochs_per_round)]
-        k_s += keras(epochs_per_round)
-    (k, kc), (r, rc) = np.median(k_s, axis=0), np.median(r_s, axis=0)
-    return {"steps/epoch": steps, "keras ms/step": 1e3 * k / steps,
-            "reference ms/step": 1e3 * r / steps, "keras x_reference speed": ratio(r, k),
-            "keras CPU-ms/step": 1e3 * kc / steps, "reference CPU-ms/step": 1e3 * rc / steps,
-            "keras x_reference CPU": ratio(rc, kc), "epochs timed each": len(k_s)}
+    k_s, d_s, r_s = [], [], []
+    for r in range(rounds + 1):  # round 0 traces the Keras functions (not timed)
+        n = epochs_per_round if r else 1
+        r_s += [ref(dataset) for _ in range(n)]
+        for spe, out in ((REFERENCE_SPE, k_s), (default_spe, d_s)):
+            # The compiled loop reads this variable at every call: no retrace.
+            model._steps_per_execution.assign(spe)
+            seconds = keras(n)
+            if r:
+                out += seconds
+    (k, kc), (d, dc), (r, rc) = (np.median(x, axis=0) for x in (k_s, d_s, r_s))
+    ms = lambda s: 1e3 * s / steps
+    return {"steps/epoch": steps, "reference CPU-ms/step": ms(rc),
+            "keras CPU-ms/step": ms(kc), "keras x_reference CPU": ratio(rc, kc),
+            f"keras spe {default_spe} CPU-ms/step": ms(dc),
+            f"keras spe {default_spe} x_reference CPU": ratio(rc, dc),
+            "reference ms/step": ms(r), "keras ms/step": ms(k),
+            "keras x_reference wall": ratio(r, k), f"keras spe {default_spe} x_reference wall":
+            ratio(r, d), "epochs timed each": len(k_s)}
 
 
 @suite("speed-keras-loop")
@@ -126,9 +139,10 @@ def keras_loop(args) -> dict:
         "keras: tf_keras Model.fit with tfmf's always-on callbacks; reference: the previous "
         "hand-written Trainer loop (TensorArray of stacked losses per step, "
         "get_next_as_optional), re-created in this file around the same compiled step body.",
-        f"Interleaved: {rounds} rounds of {per} epochs each, medians; steps_per_execution 16; "
-        "first calls (tracing) excluded. keras x_reference > 1: fit is faster. CPU: process "
-        "CPU seconds (all threads), steadier than wall seconds on a shared machine.",
+        f"Interleaved: {rounds} rounds of {per} epochs each of reference (steps_per_execution "
+        f"{REFERENCE_SPE}, the old default), keras at {REFERENCE_SPE} and keras at tfmf's "
+        "default; medians; tracing excluded. x_reference > 1: fit is faster. CPU: process CPU "
+        "seconds (all threads), steadier than wall seconds on a shared machine.",
         "MF rows: synthetic rank-8 ratings shaped like ML-100K (80k train ratings), Adam, 32 "
         "dims. Mult-VAE: implicit_power_law" + str(shape) + ".",
     ]

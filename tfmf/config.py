@@ -174,7 +174,8 @@ class TrainConfig:
       steps_per_execution: train steps run inside one compiled call (as Keras'
         ``steps_per_execution``): the same batches and updates, with the per-step Python and
         host-copy overhead paid once per call (ML-100K biased MF epochs ~1.5-1.9x faster at
-        16 than at 1 on this 2-vCPU CPU). Losses are still checked step by step.
+        16 than at 1 on this 2-vCPU CPU, and 64 trims Keras' per-call Python further: see
+        ``speed-keras-loop`` in docs/BENCHMARKS.md). Losses are still checked step by step.
     """
 
     epochs: int = 20
@@ -203,7 +204,7 @@ class TrainConfig:
     scale_lr_by_world_size: bool = False
     sparse_as_dense: bool = False
     verbose: int = 1
-    steps_per_execution: int = 16
+    steps_per_execution: int = 64
 
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
