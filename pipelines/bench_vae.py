@@ -40,8 +40,16 @@ import scipy.sparse as sp
 from pipelines.benchmark import CONFIGS, ML20M_SHAPE, matmul_flops, ratio, suite, \
     vae_flops_per_user
 
-#: users per ML-20M-shape epoch timed (as the throughput suite: 30 batches of 500)
+#: batches per ML-20M-shape epoch timed (as the throughput suite: 30 batches of 500); the
+#: peer's dense steps are ~2x slower, so it times fewer (its users/s is a per-step rate too)
 SHAPE_STEPS = 30
+PEER_SHAPE_STEPS = 10
+#: torch threads of the peer (0: torch's default, one per core). On a machine shared with other
+#: work, one thread is several times faster for torch than two (its OpenMP barriers wait for a
+#: descheduled thread): set TFMF_PEER_THREADS=1 there and say so.
+PEER_THREADS = int(os.environ.get("TFMF_PEER_THREADS", "0"))
+#: ML-100K folds the peer fits (0: all of tfmf's); its ratios use tfmf's mean over the same folds
+PEER_FOLDS = int(os.environ.get("TFMF_PEER_FOLDS", "0"))
 
 
 class _Timer:
@@ -88,6 +96,8 @@ def cornac_folds(folds: list[tuple[sp.csr_matrix, sp.csr_matrix]], params: dict)
     """
     import torch
 
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
     out = []
     for train, fold_in in folds:
         ds = _cornac_dataset(train, params["seed"])
@@ -118,6 +128,8 @@ def cornac_epoch(csr: sp.csr_matrix, params: dict) -> dict:
     import torch
     from cornac.models.vaecf.vaecf import learn
 
+    if params.get("threads"):
+        torch.set_num_threads(int(params["threads"]))
     ds = _cornac_dataset(csr, params["seed"])
     model = _vaecf(params, 1)
     with _Timer() as first:
@@ -207,14 +219,16 @@ def ml100k_rows(args, tiny: bool, notes: list[str]) -> list[dict] | None:
         notes.append(f"Cornac/torch not importable: peer rows skipped ({missing}).")
     else:
         params = _peer_params(cfg.model, cfg.train)
-        peer = run_isolated(cornac_folds, [_fold_csr(s) for s in folds], params)
+        peer_folds = folds[:PEER_FOLDS] if PEER_FOLDS else folds
+        peer = run_isolated(cornac_folds, [_fold_csr(s) for s in peer_folds], params)
         rows = []
-        for split, r in zip(folds, peer):
+        for split, r in zip(peer_folds, peer):
             res = evaluate(_Scores(r["scores"]), split, eval_cfg)
             rows.append({"fit_s": r["fit_s"], "cpu_s": r["cpu_s"], **{k: res[k] for k in keys}})
             print(f"cornac VAECF: fit {r['fit_s']:.1f}s (cpu {r['cpu_s']:.1f}s) "
                   f"ndcg@100 {res['ndcg@100']:.4f}", flush=True)
-        per[f"cornac {peer[0]['torch']}|VAECF (mult) float32"] = rows
+        per[f"cornac / torch {peer[0]['torch']}|VAECF (mult) float32, "
+            f"{peer[0]['threads']} thread(s)"] = rows
     out = []
     for label, rows in per.items():
         lib, model = label.split("|")
@@ -226,8 +240,13 @@ def ml100k_rows(args, tiny: bool, notes: list[str]) -> list[dict] | None:
                     "fit_s": float(col("fit_s").mean()), "fit_s max": float(col("fit_s").max()),
                     "cpu_s": float(col("cpu_s").mean())})
     peer_row = next((r for r in out if r["library"].startswith("cornac")), None)
-    for r in out:
-        r["fit_x_peer"] = ratio(r["fit_s"], peer_row and peer_row["fit_s"])
+    n_peer = peer_row["folds"] if peer_row else 0
+    for r, (label, rows) in zip(out, per.items()):
+        # Same folds on both sides of a ratio (the peer may fit fewer: TFMF_PEER_FOLDS).
+        same = np.array([q["fit_s"] for q in rows[:n_peer]]).mean() if n_peer else None
+        same_cpu = np.array([q["cpu_s"] for q in rows[:n_peer]]).mean() if n_peer else None
+        r["fit_x_peer"] = ratio(same, peer_row and peer_row["fit_s"])
+        r["cpu_x_peer"] = ratio(same_cpu, peer_row and peer_row["cpu_s"])
     m, t = cfg.model, cfg.train
     notes.append(
         f"ML-100K: {len(folds)} user fold(s) of the implicit-ml100k protocol; "
@@ -268,11 +287,13 @@ def shape_rows(tiny: bool, notes: list[str]) -> list[dict]:
         del data
         active = np.flatnonzero(np.diff(csr.indptr) > 0)
         pick = np.sort(np.random.default_rng(1).choice(
-            active, min(len(active), steps * cfg.train.batch_size), replace=False))
+            active, min(len(active), min(steps, PEER_SHAPE_STEPS) * cfg.train.batch_size),
+            replace=False))
         sub = csr[pick]
         del csr
         r = run_isolated(cornac_epoch, sub, _peer_params(cfg.model, cfg.train, 1))
-        runs.append((f"cornac {r['cornac']} / torch {r['torch']}", "VAECF (mult) float32", r))
+        runs.append((f"cornac {r['cornac']} / torch {r['torch']}",
+                     f"VAECF (mult) float32, {r['threads']} thread(s)", r))
         print(f"cornac VAECF: {r['users_per_s']:.0f} users/s", flush=True)
     roof.append(matmul_flops(n, "float32", 2 if tiny else 5)["gflop_per_s"])
     peak = max(roof)
@@ -296,7 +317,8 @@ def shape_rows(tiny: bool, notes: list[str]) -> list[dict]:
         f"({list(cfg.model.dims)}, batch {cfg.train.batch_size}, Adam "
         f"{cfg.train.learning_rate}). tfmf: pipelines/vae_epoch_ml20m.py's measure(), the "
         f"first {steps} batches of each epoch, the 2nd epoch timed, each precision in its own "
-        f"process; VAECF: {steps * cfg.train.batch_size} users drawn at random (seed 1) from "
+        f"process; VAECF: {min(steps, PEER_SHAPE_STEPS) * cfg.train.batch_size} users drawn "
+        "at random (seed 1) from "
         "the same data, one warm-up epoch then one timed epoch of its own training loop, in "
         "its own process.",
         f"x_fp32_matmul_peak: users/s x {fl['flops'] / 1e6:.1f} MFLOP/user ({fl['formula']}) "
