@@ -34,13 +34,14 @@ $(VENV)/.stamp-horovod: $(VENV)/.stamp-deps
 
 install: $(VENV)/.stamp-horovod
 
-# The peers the comparison tests and benchmarks run against (Surprise, implicit). Surprise ships
+# The peers the comparison tests and benchmarks run against (Surprise, implicit, Cornac's
+# PyTorch VAECF with the CPU torch of setup.cfg's pin). Surprise ships
 # only a source distribution: pip builds it (Cython + numpy) in an isolated build env, and keeps
 # the wheel in its cache, so a second fresh venv installs it in seconds. The stamp makes a
 # rerun a no-op; numpy stays at the pinned 2.0.x (the runtime constraint below).
 $(VENV)/.stamp-bench: $(VENV)/.stamp-deps
 	$(PIP) install --quiet -e '.[bench]' "$$($(PY) -c 'import numpy; print("numpy==" + numpy.__version__)')"
-	$(PY) -c "import surprise, implicit"
+	$(PY) -c "import surprise, implicit, torch, cornac.models.vaecf.vaecf"
 	touch $@
 
 install-bench: install $(VENV)/.stamp-bench
