@@ -47,6 +47,8 @@ DEFAULT_BUDGET = 480.0
 DEFAULT_MAX_TRIALS = 12
 #: The final fit is estimated as this multiple of the slowest trial (it sees more data).
 FINAL_FIT_FACTOR = 1.3
+#: Share of a model's budget kept for the search report and the final run's files.
+REPORT_SHARE = 0.03
 #: Share of a model's budget its first trial (the starting config) may use before it is cut.
 FIRST_TRIAL_SHARE = 0.45
 
@@ -96,14 +98,18 @@ class Budget:
         """Seconds to keep for the final fit."""
         if not self.trial_seconds:
             return self.seconds * (1.0 - FIRST_TRIAL_SHARE)
-        return FINAL_FIT_FACTOR * max(self.trial_seconds)
+        # + the report, plots and run-directory writes around the final fit
+        return FINAL_FIT_FACTOR * max(self.trial_seconds) + REPORT_SHARE * self.seconds
 
     def may_start_trial(self) -> bool:
         """Whether one more (average) trial and the final fit still fit in the budget."""
         if not self.trial_seconds:
             return True  # the starting config always runs: there is no best so far without it
-        mean = sum(self.trial_seconds) / len(self.trial_seconds)
-        return time.monotonic() + mean + self.final_estimate() <= self.end
+        # Wall time per trial so far, the oracle's own work (Gaussian process, state files)
+        # included.
+        now = time.monotonic()
+        mean = (now - self.start) / len(self.trial_seconds)
+        return now + mean + self.final_estimate() <= self.end
 
     def trial_deadline(self) -> float:
         """When a running trial is stopped (at its next epoch boundary)."""
@@ -231,12 +237,14 @@ def _tuner_class():
                       validation=self.validation if self.early_stopping else None,
                       callbacks=[deadline])
             if deadline.too_slow:
-                from keras_tuner import errors as kt_errors
-
-                self.budget.trial_seconds.append(time.monotonic() - t0)
-                raise kt_errors.FailedTrialError(
-                    "stopped: at its pace this config's fit plus its final fit would not end "
-                    "within the budget")
+                # Reported as the worst score so far (not as a failure, which the Gaussian
+                # process ignores and would propose again), and never chosen (see rows_of).
+                seconds = time.monotonic() - t0
+                self.budget.trial_seconds.append(seconds)
+                worst = self.worst_score()
+                out = report.fold_metrics(self.objective.name, [worst], seconds)
+                out.update({"epochs": float(deadline.done), "cut": 1.0, "too_slow": 1.0})
+                return out
             metrics = evaluate(model, self.validation, self.eval_config)
             seconds = time.monotonic() - t0
             self.budget.trial_seconds.append(seconds)
@@ -249,6 +257,15 @@ def _tuner_class():
             out["cut"] = float(deadline.fired)
             return out
 
+        def worst_score(self) -> float:
+            """The worst objective of the completed trials (0 / 1e9 before any)."""
+            seen = [t.metrics.get_last_value(self.objective.name)
+                    for t in self.oracle.trials.values()
+                    if t.status == "COMPLETED" and t.metrics.exists(self.objective.name)]
+            if not seen:
+                return 0.0 if self.objective.direction == "max" else 1e9
+            return min(seen) if self.objective.direction == "max" else max(seen)
+
         def on_trial_begin(self, trial) -> None:
             pass
 
@@ -257,7 +274,15 @@ def _tuner_class():
             self.save()
             if self.progress:
                 done = self.oracle.get_trial(trial.trial_id)
-                best = self.oracle.get_best_trials(1)
+                best = [t for t in self.oracle.get_best_trials(self.oracle.max_trials)
+                        if not t.metrics.exists("too_slow")][:1]
+                if done.metrics.exists("too_slow"):
+                    print(f"{self.hypermodel.base.model_name}: trial {int(done.trial_id) + 1} "
+                          f"(id {done.trial_id}) | "
+                          f"{report.format_values(done.hyperparameters.values)} | stopped after "
+                          f"{done.metrics.get_last_value('epochs'):.0f} epochs: its fit plus "
+                          "its final fit would overrun the budget", flush=True)
+                    return
                 line = report.progress_line(done, best[0] if best else None,
                                             self.objective.name, self.oracle.max_trials,
                                             f"{self.hypermodel.base.model_name}:")
@@ -415,6 +440,12 @@ def tune_model(cfg: RunConfig, data, fold, model_dir: str, budget: Budget, *,
     result.search_seconds = search_end - budget.start
 
     rows = report.trial_rows(tuner.oracle, obj.name)
+    for r in rows:
+        m = tuner.oracle.trials[r["trial_id"]].metrics
+        r["epochs"] = m.get_last_value("epochs") if m.exists("epochs") else None
+        if m.exists("too_slow"):
+            r["status"] = "TOO_SLOW"  # stopped early: its score is a placeholder, never chosen
+            r["message"] = "stopped: this config's fit plus its final fit would overrun the budget"
     result.trials = len(rows)
     result.stopped_by = ("max_trials" if len(rows) >= max_trials else
                          "budget" if not budget.may_start_trial() else "space")
@@ -431,9 +462,6 @@ def tune_model(cfg: RunConfig, data, fold, model_dir: str, budget: Budget, *,
         values["train.epochs"] = int(epochs)
     result.best_values, result.best_score = values, best[0]["mean"]
     result.chosen = space_mod.apply_values(cfg, values)
-    for r in rows:
-        t = tuner.oracle.trials[r["trial_id"]]
-        r["epochs"] = t.metrics.get_last_value("epochs") if t.metrics.exists("epochs") else None
     report.write_report(search_dir, rows, specs, obj.name, obj.direction, result.chosen,
                         extra={"strategy": "quick", "validation": how,
                                "early_stopping_epochs": early, "chosen": values,
