@@ -149,7 +149,7 @@ def tune_quick(args) -> dict:
             "max_plays": float(loaded.values.max()), "median_plays": float(np.median(loaded.values)),
             "test_users": int(len(np.unique(fold.target.users)))}
     rows, notes, detail = [], [], {}
-    budget = ["--budget", "20s", "--max-trials", "3"] if tiny else []
+    budget = ["--budget", "90s", "--max-trials", "3"] if tiny else []
     for model in MODELS[args.scale]:
         cfg_path = shipped_config(model, data, out, tiny)
         d_dir, q_dir = os.path.join(out, f"default-{model}"), os.path.join(out, f"quick-{model}")
@@ -184,7 +184,7 @@ def tune_quick(args) -> dict:
         "80/20 fold-in/target), scored once on those users.",
         "default: configs/ml100k_<model>.yaml with only its data section replaced, trained by "
         "`tfmf train`. quick: `tfmf tune --quick --config <the same file>` with the default "
-        "budget and trial cap" + (" (tiny: --budget 20s --max-trials 3)" if tiny else "")
+        "budget and trial cap" + (" (tiny: --budget 90s --max-trials 3)" if tiny else "")
         + "; the search sees validation users carved from the training users only.",
         "wall_s: the whole process (Python + TensorFlow start-up, loading, search, final fit, "
         "evaluation), one process at a time on this machine.",
