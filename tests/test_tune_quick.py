@@ -177,6 +177,7 @@ def test_budget_exhaustion_ends_with_the_best_so_far(tmp_path, capsys):
     (["--model", "popularity"], "--model: model 'popularity' has no hyperparameters"),
     (["--model", ","], "--model: needs at least one model name"),
     (["--set", "data.split.kind=none"], "data.split.kind: tune --quick scores"),
+    (["--objective", "auc"], "--objective: unknown objective 'auc'"),
 ])
 def test_bad_input_names_the_flag_and_writes_nothing(tmp_path, capsys, argv, needle):
     write_blocks(tmp_path / "a.csv")

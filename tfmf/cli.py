@@ -250,7 +250,7 @@ def cmd_tune_quick(args) -> int:
     import time
 
     from tfmf.errors import ConfigError
-    from tfmf.runner import new_run_dir
+    from tfmf.runner import new_run_dir, train
     from tfmf.tuning import quick
 
     start = time.monotonic()
@@ -266,9 +266,12 @@ def cmd_tune_quick(args) -> int:
         out_dir = os.path.join(os.path.dirname(default), "quick-" + os.path.basename(default))
     # Every flag and key is checked before the data loads: a mistake costs nothing.
     quick.check_request(cfg, out_dir, models or None, max_trials)
+    if args.objective:
+        quick.objective_for(cfg, None, args.objective)
     results = quick.run_quick(cfg, out_dir, models=models or None, budget_seconds=budget,
                               max_trials=max_trials, objective=args.objective,
-                              data=_load_data(cfg), progress=not args.quiet, start=start)
+                              data=_load_data(cfg), train=train, progress=not args.quiet,
+                              start=start)
     with open(os.path.join(out_dir, "table.txt")) as fh:
         print(fh.read().rstrip())
     for r in results:

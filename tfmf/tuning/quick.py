@@ -344,7 +344,10 @@ def objective_for(cfg: RunConfig, fold, name: str | None):
     from tfmf.tuning.tuner import parse_objective
 
     if name:
-        return parse_objective(name)
+        try:
+            return parse_objective(name)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, key="--objective") from None
     task = registry.get(cfg.model_name).task
     ratings = isinstance(fold, tuple) and not bool(fold[0].implicit)
     return parse_objective("rmse" if task in ("explicit", "both") and ratings else "ndcg@100")
@@ -380,7 +383,7 @@ def _specs(cfg: RunConfig) -> tuple[list, bool]:
     return space_mod.parse_space(probe), early
 
 
-def tune_model(cfg: RunConfig, data, fold, model_dir: str, budget: Budget, *,
+def tune_model(cfg: RunConfig, data, fold, model_dir: str, budget: Budget, *, train,
                max_trials: int = DEFAULT_MAX_TRIALS, objective: str | None = None,
                progress: bool = True) -> QuickResult:
     """Quick search for ``cfg``'s model, then the final run in ``model_dir``.
@@ -390,6 +393,7 @@ def tune_model(cfg: RunConfig, data, fold, model_dir: str, budget: Budget, *,
       data: the loaded dataset; ``fold``: the config's first split of it.
       model_dir: the final run directory (the search lives in ``model_dir/search``).
       budget: this model's wall-clock budget.
+      train: the final fit, ``tfmf.runner.train`` (passed in: tuning sits below the runner).
       max_trials: trial cap.
       objective: validation metric (None: RMSE for rating models, else NDCG@100).
       progress: print a line per trial.
@@ -397,7 +401,6 @@ def tune_model(cfg: RunConfig, data, fold, model_dir: str, budget: Budget, *,
     Returns:
       A QuickResult.
     """
-    from tfmf import runner
     from tfmf.tuning.tuner import ConfigHyperModel, MAX_INITIAL_POINTS
 
     import warnings
@@ -468,7 +471,7 @@ def tune_model(cfg: RunConfig, data, fold, model_dir: str, budget: Budget, *,
                                "stopped_by": result.stopped_by,
                                "budget_seconds": budget.seconds})
     # The final run: the chosen config trained as `tfmf train` would, test scored once.
-    res = runner.train(result.chosen, model_dir, data=data)
+    res = train(result.chosen, model_dir, data=data)
     result.final_seconds = time.monotonic() - search_end
     result.seconds = time.monotonic() - budget.start
     result.test_metrics = dict(res.metrics)
@@ -531,7 +534,7 @@ def check_request(cfg: RunConfig, out_dir: str, models: list[str] | None,
 
 def run_quick(cfg: RunConfig, out_dir: str, *, models: list[str] | None = None,
               budget_seconds: float = DEFAULT_BUDGET, max_trials: int = DEFAULT_MAX_TRIALS,
-              objective: str | None = None, data=None, progress: bool = True,
+              objective: str | None = None, data=None, train=None, progress: bool = True,
               start: float | None = None) -> list[QuickResult]:
     """Quick-tunes each model on ``cfg``'s data and trains the chosen configs.
 
@@ -545,6 +548,8 @@ def run_quick(cfg: RunConfig, out_dir: str, *, models: list[str] | None = None,
       max_trials: trial cap per model.
       objective: validation metric (None: per model, see :func:`objective_for`).
       data: preloaded InteractionData (skips loading ``cfg.data``).
+      train: the final fit, ``(cfg, run_dir, data=...) -> RunResult``: ``tfmf.runner.train``
+        (the CLI passes it; tuning sits below the runner and does not import it).
       progress: print progress.
       start: ``time.monotonic()`` the budget counts from (default: now).
 
@@ -556,16 +561,21 @@ def run_quick(cfg: RunConfig, out_dir: str, *, models: list[str] | None = None,
         budget (``--budget``) or trial cap (``--max-trials``), a split with no test part
         (``data.split.kind``), a finished run already in a model's directory.
     """
-    from tfmf import runner
+    from tfmf.data.loading import load_dataset
+    from tfmf.data.splits import make_splits
     from tfmf.fileio import atomic_write_text, json_default
     from tfmf.tables import format_table
+
+    if train is None:
+        raise TypeError("run_quick needs train=tfmf.runner.train (the final fit)")
 
     start = time.monotonic() if start is None else start
     budget_seconds = parse_budget(budget_seconds)
     configs = check_request(cfg, out_dir, models, max_trials)
     if data is None:
-        data = runner.load_data(cfg)
-    fold = runner.first_split(cfg, data)
+        data = load_dataset(cfg.data)
+    # The first split only, as tfmf train uses (the runner's first_split).
+    fold = next(iter(make_splits(data, cfg.data.split, data_dir=cfg.data.data_dir)))
     results = []
     for k, mcfg in enumerate(configs):
         now = time.monotonic()
@@ -575,8 +585,8 @@ def run_quick(cfg: RunConfig, out_dir: str, *, models: list[str] | None = None,
                               f"({budget_seconds:.0f} s for {len(configs)} model(s))",
                               key="--budget")
         res = tune_model(mcfg, data, fold, os.path.join(out_dir, mcfg.model_name),
-                         Budget(share, now), max_trials=max_trials, objective=objective,
-                         progress=progress)
+                         Budget(share, now), train=train, max_trials=max_trials,
+                         objective=objective, progress=progress)
         results.append(res)
     table = format_table([r.row() for r in results], float_format=".4f",
                          formats={"search_s": ".1f", "final_s": ".1f"})
