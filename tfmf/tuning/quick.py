@@ -89,6 +89,16 @@ class Budget:
         self.seconds = float(seconds)
         self.start = time.monotonic() if start is None else start
         self.trial_seconds: list[float] = []
+        self.best_score: float | None = None
+        self.best_seconds: float | None = None  # the best trial's: the final fit retrains it
+
+    def record(self, seconds: float, score: float | None = None, better=None) -> None:
+        """A finished trial's wall seconds; ``score`` (None: not a candidate) becomes the
+        best when ``better(score, best)``."""
+        self.trial_seconds.append(seconds)
+        if score is not None and math.isfinite(score) and (
+                self.best_score is None or better(score, self.best_score)):
+            self.best_score, self.best_seconds = score, seconds
 
     @property
     def end(self) -> float:
@@ -96,10 +106,12 @@ class Budget:
 
     def final_estimate(self) -> float:
         """Seconds to keep for the final fit."""
-        if not self.trial_seconds:
+        if self.best_seconds is None:
             return self.seconds * (1.0 - FIRST_TRIAL_SHARE)
-        # + the report, plots and run-directory writes around the final fit
-        return FINAL_FIT_FACTOR * max(self.trial_seconds) + REPORT_SHARE * self.seconds
+        # The final fit retrains the best trial's config on a little more data; + the report,
+        # plots and run-directory writes around it. (A slower trial can only become the best
+        # if its own final fit fits: see _deadline_callback.)
+        return FINAL_FIT_FACTOR * self.best_seconds + REPORT_SHARE * self.seconds
 
     def may_start_trial(self) -> bool:
         """Whether one more (average) trial and the final fit still fit in the budget."""
@@ -240,14 +252,14 @@ def _tuner_class():
                 # Reported as the worst score so far (not as a failure, which the Gaussian
                 # process ignores and would propose again), and never chosen (see rows_of).
                 seconds = time.monotonic() - t0
-                self.budget.trial_seconds.append(seconds)
+                self.budget.record(seconds)
                 worst = self.worst_score()
                 out = report.fold_metrics(self.objective.name, [worst], seconds)
                 out.update({"epochs": float(deadline.done), "cut": 1.0, "too_slow": 1.0})
                 return out
             metrics = evaluate(model, self.validation, self.eval_config)
             seconds = time.monotonic() - t0
-            self.budget.trial_seconds.append(seconds)
+            self.budget.record(seconds, metrics[self.objective.name], self.objective.better)
             out = report.fold_metrics(self.objective.name, [metrics[self.objective.name]],
                                       seconds)
             out.update({f"val_{k}": float(v) for k, v in metrics.items()})
