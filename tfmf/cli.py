@@ -244,7 +244,54 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_tune_quick(args) -> int:
+    """``tfmf tune --quick``: a budgeted search per model on validation users/ratings of the
+    config's data, then the chosen config trained and scored on the test part once."""
+    import time
+
+    from tfmf.errors import ConfigError
+    from tfmf.runner import new_run_dir, train
+    from tfmf.tuning import quick
+
+    start = time.monotonic()
+    budget = quick.parse_budget(args.budget if args.budget is not None else quick.DEFAULT_BUDGET)
+    max_trials = quick.DEFAULT_MAX_TRIALS if args.max_trials is None else args.max_trials
+    models = [m.strip() for spec in (args.model or []) for m in spec.split(",") if m.strip()]
+    if args.model is not None and not models:
+        raise ConfigError("needs at least one model name", key="--model")
+    cfg = _load_config(args, args.config)
+    out_dir = args.run_dir
+    if out_dir is None:
+        default = new_run_dir(cfg)
+        out_dir = os.path.join(os.path.dirname(default), "quick-" + os.path.basename(default))
+    # Every flag and key is checked before the data loads: a mistake costs nothing.
+    quick.check_request(cfg, out_dir, models or None, max_trials)
+    if args.objective:
+        quick.objective_for(cfg, None, args.objective)
+    results = quick.run_quick(cfg, out_dir, models=models or None, budget_seconds=budget,
+                              max_trials=max_trials, objective=args.objective,
+                              data=_load_data(cfg), train=train, progress=not args.quiet,
+                              start=start)
+    with open(os.path.join(out_dir, "table.txt")) as fh:
+        print(fh.read().rstrip())
+    for r in results:
+        for note in r.notes:
+            _warn(note)
+    print(f"tuning directory: {out_dir} ({time.monotonic() - start:.0f} s of a "
+          f"{budget:.0f} s budget); reuse a chosen config with tfmf train --config "
+          f"{os.path.join(out_dir, results[0].model, 'config.yaml')}")
+    return 0
+
+
 def cmd_tune(args) -> int:
+    if args.quick:
+        return cmd_tune_quick(args)
+    quick_only = [flag for flag, v in (("--budget", args.budget), ("--max-trials", args.max_trials),
+                                       ("--model", args.model), ("--objective", args.objective))
+                  if v is not None]
+    if quick_only:
+        raise CliError(f"{', '.join(quick_only)} apply to tune --quick only (the full search "
+                       "reads the config's tune section: tune.max_trials, tune.objective)")
     try:
         from tfmf.tuning import run_tuning
     except ImportError as exc:
@@ -480,12 +527,36 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser(
         "tune", help="hyperparameter search (KerasTuner)", formatter_class=_Formatter,
         description="Runs the search described by the config's tune section over the model's "
-                    "hyperparameters, scoring each trial by inner cross-validation.",
-        epilog="example:\n  tfmf tune --config configs/ml100k_biased_mf.yaml "
-               "--set tune.max_trials=20")
+                    "hyperparameters, scoring each trial by inner cross-validation. With "
+                    "--quick: a search within a wall-clock budget over each model's key "
+                    "hyperparameters (tfmf/tuning/quick_spaces.py), every trial scored on "
+                    "validation users (user splits) or validation ratings (rating splits) "
+                    "carved from the training part; the chosen config is then trained as "
+                    "`tfmf train` would and scored on the test part once. Writes "
+                    "RUN_DIR/<model>/config.yaml (the chosen config), the final run beside it, "
+                    "the search in RUN_DIR/<model>/search/ and RUN_DIR/table.txt.",
+        epilog="examples:\n  tfmf tune --config configs/ml100k_biased_mf.yaml "
+               "--set tune.max_trials=20\n"
+               "  tfmf tune --quick --config my_data_ials.yaml --budget 8m\n"
+               "  tfmf tune --quick --config my_data_ials.yaml --model ials,ease --budget 10m")
     _add_run_args(tu, True, "tuning directory (KerasTuner projects, trials.csv, "
                   "best_config.yaml); an existing search there is resumed (default: "
-                  "OUTPUT_DIR/tune-...)", "no per-trial/per-epoch output (train.verbose=0)")
+                  "OUTPUT_DIR/tune-... or OUTPUT_DIR/quick-...)",
+                  "no per-trial/per-epoch output (train.verbose=0)")
+    tu.add_argument("--quick", action="store_true",
+                    help="budgeted search of each model's key hyperparameters on validation "
+                         "users/ratings, then the chosen config trained and tested once")
+    tu.add_argument("--budget", metavar="DURATION",
+                    help="--quick: wall clock for the whole command, shared by the models "
+                         "(seconds, or 90s, 8m, 1h; default 8m)")
+    tu.add_argument("--max-trials", type=int, metavar="N",
+                    help="--quick: trial cap per model (default 12)")
+    tu.add_argument("--model", action="append", metavar="NAME[,NAME]",
+                    help="--quick: models to tune on the config's data (repeatable; default "
+                         "the config's model; another model starts from its Config defaults)")
+    tu.add_argument("--objective", metavar="METRIC",
+                    help="--quick: validation metric (default ndcg@100, rmse for rating "
+                         "models on rating splits)")
     tu.set_defaults(func=cmd_tune)
 
     # recommend
