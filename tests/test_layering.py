@@ -83,6 +83,7 @@ def test_no_layer_imports_a_higher_one():
         "tfmf.evaluation.rating": ("tfmf.models", "tfmf.runner", "tfmf.export", "tfmf.cli"),
         "tfmf.evaluation.ranking": ("tfmf.models", "tfmf.runner", "tfmf.export", "tfmf.cli"),
         "tfmf.runner": ("tfmf.export", "tfmf.cli"),
+        "tfmf.tuning": ("tfmf.runner", "tfmf.export", "tfmf.cli"),
         "tfmf.config": ("tfmf.evaluation", "tfmf.models", "tfmf.runner", "tfmf.training"),
         "tfmf.rundir": ("tfmf.runner", "tfmf.models", "tfmf.training", "tfmf.cli"),
     }

@@ -87,10 +87,9 @@ def reads_per_rank(cfg: RunConfig) -> bool:
 def load_data(cfg: RunConfig, per_rank: bool = False) -> InteractionData:
     """``cfg.data`` loaded; with ``per_rank`` (and :func:`reads_per_rank`), only this rank's
     shards (``data.partition`` says so; indices and id maps stay global)."""
-    from tfmf.data.loading import load_dataset
+    from tfmf.data.loading import load_dataset, run_timestamps
 
-    # Only a temporal split reads timestamps (8 of a sharded row's 20 bytes).
-    ts = cfg.data.split.kind == "temporal"
+    ts = run_timestamps(cfg.data)
     if per_rank and reads_per_rank(cfg):
         distributed.init()
         return load_dataset(cfg.data, distributed.rank(), distributed.size(), timestamps=ts)
@@ -118,12 +117,12 @@ def assemble_training_rows(cfg: RunConfig, size: int):
     """
     import scipy.sparse as sp
 
-    from tfmf.data.loading import load_dataset
+    from tfmf.data.loading import load_dataset, run_timestamps
 
     parts = []
     shape = None
     for r in range(size):
-        rows = load_dataset(cfg.data, r, size, timestamps=cfg.data.split.kind == "temporal")
+        rows = load_dataset(cfg.data, r, size, timestamps=run_timestamps(cfg.data))
         _, fit_part, _, _ = _rank_fit_part(cfg, rows)
         del rows
         part = fit_part.to_csr()
@@ -179,9 +178,9 @@ def splits_for(cfg: RunConfig, data: InteractionData):
 
 def first_split(cfg: RunConfig, data: InteractionData):
     """Only the first fold (train/evaluate/tune use one): later folds are never built."""
-    from tfmf.data.splits import make_splits
+    from tfmf.data.splits import first_split as first
 
-    return next(iter(make_splits(data, cfg.data.split, data_dir=cfg.data.data_dir)))
+    return first(data, cfg.data.split, data_dir=cfg.data.data_dir)
 
 
 def train(cfg: RunConfig, run_dir: str | None = None, *, resume: bool = False,

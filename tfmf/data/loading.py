@@ -65,6 +65,12 @@ def load_raw(cfg: DataConfig, rank: int = 0, size: int = 1, *, timestamps: bool 
                       duplicates=cfg.duplicates, implicit=cfg.implicit)
 
 
+def run_timestamps(cfg: DataConfig) -> bool:
+    """Whether a run on ``cfg`` reads timestamps: only a temporal split needs them (they are 8
+    of a sharded row's 20 bytes)."""
+    return cfg.split.kind == "temporal"
+
+
 def load_dataset(cfg: DataConfig, rank: int = 0, size: int = 1, *,
                  timestamps: bool = True) -> InteractionData:
     """Loads ``cfg.source``, then applies ``binarize_threshold`` and the min-count filters.

@@ -222,6 +222,12 @@ def user_folds(data: InteractionData, n_folds: int = 5, fold_in_fraction: float 
         yield _fold_in_target(data, fold, fold_in_fraction, rng)
 
 
+def first_split(data: InteractionData, cfg: SplitConfig,
+                data_dir: str | os.PathLike | None = None) -> Pair | StrongSplit:
+    """Only the first fold of :func:`make_splits` (later folds are never built)."""
+    return next(iter(make_splits(data, cfg, data_dir=data_dir)))
+
+
 def make_splits(data: InteractionData, cfg: SplitConfig,
                 data_dir: str | os.PathLike | None = None) -> Iterator[Pair | StrongSplit]:
     """Dispatches on ``cfg.kind``.

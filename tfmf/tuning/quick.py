@@ -573,7 +573,7 @@ def run_quick(cfg: RunConfig, out_dir: str, *, models: list[str] | None = None,
         budget (``--budget``) or trial cap (``--max-trials``), a split with no test part
         (``data.split.kind``), a finished run already in a model's directory.
     """
-    from tfmf.data.loading import load_dataset
+    from tfmf.data.loading import load_dataset, run_timestamps
     from tfmf.data.splits import make_splits
     from tfmf.fileio import atomic_write_text, json_default
     from tfmf.tables import format_table
@@ -585,7 +585,7 @@ def run_quick(cfg: RunConfig, out_dir: str, *, models: list[str] | None = None,
     budget_seconds = parse_budget(budget_seconds)
     configs = check_request(cfg, out_dir, models, max_trials)
     if data is None:
-        data = load_dataset(cfg.data)
+        data = load_dataset(cfg.data, timestamps=run_timestamps(cfg.data))
     # The first split only, as tfmf train uses (the runner's first_split).
     fold = next(iter(make_splits(data, cfg.data.split, data_dir=cfg.data.data_dir)))
     results = []

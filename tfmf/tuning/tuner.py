@@ -87,10 +87,10 @@ def trial_eval_config(cfg: RunConfig, objective: Objective) -> EvalConfig:
 # --------------------------------------------------------------------------- data
 def training_part(cfg: RunConfig, data):
     """The training part of the config's (first) split: the only data a search ever sees."""
+    from tfmf.data.splits import first_split
     from tfmf.evaluation.model_selection import split_parts
-    from tfmf.runner import first_split
 
-    train, _ = split_parts(first_split(cfg, data))
+    train, _ = split_parts(first_split(data, cfg.data.split, data_dir=cfg.data.data_dir))
     return train
 
 
@@ -600,9 +600,9 @@ def run_tuning(cfg: RunConfig, out_dir: str, *, data=None, progress: bool = True
         raise ConfigError("two_stage runs locally only; use bayesian/random/hyperband for "
                           "distributed tuning", key="tune.strategy")
     if data is None:
-        from tfmf.runner import load_data
+        from tfmf.data.loading import load_dataset, run_timestamps
 
-        data = load_data(cfg)
+        data = load_dataset(cfg.data, timestamps=run_timestamps(cfg.data))
     folds = inner_folds(cfg, training_part(cfg, data))
     os.makedirs(out_dir, exist_ok=True)
     if me != "worker":
