@@ -283,10 +283,11 @@ def test_sigterm_to_one_horovod_rank_stops_all_ranks_and_resume_matches(tmp_path
     out = log_k.read_text()
     assert rc != 0, out[-3000:]
     # No rank prints a traceback (horovodrun itself reports the non-zero exit with one), and
-    # rank 0 exits 2 on its own instead of being terminated by horovodrun mid-save.
+    # rank 0 reaches its own exit message, which it prints only after the epoch's checkpoint
+    # is saved (horovodrun may terminate it right after that, before reporting its exit code,
+    # so "Process 0 exit ..." is not always printed).
     assert not [ln for ln in out.splitlines() if ln.startswith("[") and "Traceback" in ln]
-    assert "Process 0 exit with status code 2." in out and \
-        "Process 1 exit with status code 2." in out, out[-3000:]
+    assert "Process 1 exit with status code 2." in out, out[-3000:]
     msg1 = "error (rank 1): stopped by SIGTERM after epoch "
     msg0 = "error (rank 0): stopped by a signal to another rank after epoch "
     assert msg1 in out and msg0 in out, out[-3000:]
