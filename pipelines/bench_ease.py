@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.benchmark import ML20M_SHAPE, ratio, suite
+from pipelines.benchmark import ML20M_SHAPE, Timer, ratio, suite
 
 MID_SHAPE = (600, 6_000, 120_000)
 TOPK = 100
@@ -48,17 +47,6 @@ def numpy_ease(x: sp.csr_matrix, l2: float, threads: int | None = None) -> np.nd
     return b
 
 
-class _Timer:
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-        return False
-
-
 def _fit_pair(split, l2: float, eval_cfg, solvers=("auto",), peer: bool = True) -> list[dict]:
     """tfmf EASE (each solver) and the numpy peer on one fold: seconds and metrics."""
     from tfmf.evaluation import evaluate
@@ -67,14 +55,14 @@ def _fit_pair(split, l2: float, eval_cfg, solvers=("auto",), peer: bool = True) 
     out = []
     for solver in solvers:
         m = EASE(l2=l2, solver=solver)
-        with _Timer() as t:
+        with Timer() as t:
             m.fit(split.train)
         out.append({"library": "tfmf", "model": f"EASE float32 ({m.solver_used})",
                     "fit_s": t.wall, "cpu_s": t.cpu, **evaluate(m, split, eval_cfg)})
     if peer:
         m = EASE(l2=l2)
         m._remember_training_data(split.train)
-        with _Timer() as t:
+        with Timer() as t:
             b = numpy_ease(m._prepare(m._seen), l2)
         m.B = b.astype(np.float32)
         out.append({"library": "numpy", "model": "EASE float64 (np.linalg.inv)", "fit_s": t.wall,
@@ -161,7 +149,7 @@ def shape_fit(shape, who: str, solver: str = "auto", dtype: str = "float32",
     users = users[np.diff(x.indptr)[users] > 0]
     info = {"who": who, "nnz": int(data.nnz), "n_items": int(data.n_items),
             "gram_products": float(np.sum(np.diff(x.indptr).astype(np.float64) ** 2))}
-    with _Timer() as t:
+    with Timer() as t:
         if who == "numpy":
             b = numpy_ease(x, 500.0, threads)
         else:

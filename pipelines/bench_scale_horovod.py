@@ -133,15 +133,20 @@ def run(args) -> dict:
     rows, notes, data_rows = [], [], []
     # TFMF_SCALE_HOROVOD_MODES="data": only the data rows (each launch takes ~1 minute).
     modes = os.environ.get("TFMF_SCALE_HOROVOD_MODES", "data,fit").split(",")
-    for stage in ("ials", "als") if "data" in modes else ():
-        one = _launch(1, shards, stage, out, n_users, "data")[0]
-        two = _launch(2, shards, stage, out, n_users, "data")
+
+    def runs(stage: str, mode: str):
+        """np=1 then each np=2 rank: (record, its data RSS, np=1's data RSS); errors -> notes."""
+        one = _launch(1, shards, stage, out, n_users, mode)[0]
+        two = _launch(2, shards, stage, out, n_users, mode)
+        base = one.get("peak_rss", 0) - one.get("idle_rss", 0)
         for rec in [one] + two:
             if "error" in rec:
-                notes.append(f"{stage} data: {rec['error']}")
+                notes.append(f"{stage} {mode}: {rec['error']}")
                 continue
-            data = rec["peak_rss"] - rec["idle_rss"]
-            base = one.get("peak_rss", 0) - one.get("idle_rss", 0)
+            yield rec, rec["peak_rss"] - rec["idle_rss"], base, one
+
+    for stage in ("ials", "als") if "data" in modes else ():
+        for rec, data, base, one in runs(stage, "data"):
             data_rows.append({"model": stage, "np": rec["size"], "rank": rec["rank"],
                               "per-rank read": rec["per_rank"],
                               "entries held": rec["held_entries"],
@@ -151,14 +156,7 @@ def run(args) -> dict:
                               "data RSS GB": data / GB, "x_np1 data RSS": ratio(data, base)})
             print(data_rows[-1], flush=True)
     for stage in ("ials", "als") if "fit" in modes else ():
-        one = _launch(1, shards, stage, out, n_users)[0]
-        two = _launch(2, shards, stage, out, n_users)
-        for rec in [one] + two:
-            if "error" in rec:
-                notes.append(f"{stage}: {rec['error']}")
-                continue
-            data = rec["peak_rss"] - rec["idle_rss"]
-            base = one.get("peak_rss", 0) - one.get("idle_rss", 0)
+        for rec, data, base, _ in runs(stage, "worker"):
             m = rec["metrics"]
             rows.append({"model": stage, "np": rec["size"], "rank": rec["rank"],
                          "per-rank read": rec["per_rank"], "seconds": rec["seconds"],

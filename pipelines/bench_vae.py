@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.benchmark import CONFIGS, ML20M_SHAPE, matmul_flops, ratio, suite, \
+from pipelines.benchmark import CONFIGS, ML20M_SHAPE, Timer, matmul_flops, ratio, suite, \
     vae_flops_per_user
 
 #: batches per ML-20M-shape epoch timed (as the throughput suite: 30 batches of 500); the
@@ -50,17 +49,6 @@ PEER_SHAPE_STEPS = 10
 PEER_THREADS = int(os.environ.get("TFMF_PEER_THREADS", "0"))
 #: ML-100K folds the peer fits (0: all of tfmf's); its ratios use tfmf's mean over the same folds
 PEER_FOLDS = int(os.environ.get("TFMF_PEER_FOLDS", "0"))
-
-
-class _Timer:
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-        return False
 
 
 # --------------------------------------------------------------------------- the peer
@@ -102,7 +90,7 @@ def cornac_folds(folds: list[tuple[sp.csr_matrix, sp.csr_matrix]], params: dict)
     for train, fold_in in folds:
         ds = _cornac_dataset(train, params["seed"])
         model = _vaecf(params, params["epochs"])
-        with _Timer() as t:
+        with Timer() as t:
             model.fit(ds)
         cols = np.full(train.shape[1], -1, np.int64)  # tfmf item -> Cornac column
         for raw, idx in ds.iid_map.items():
@@ -132,9 +120,9 @@ def cornac_epoch(csr: sp.csr_matrix, params: dict) -> dict:
         torch.set_num_threads(int(params["threads"]))
     ds = _cornac_dataset(csr, params["seed"])
     model = _vaecf(params, 1)
-    with _Timer() as first:
+    with Timer() as first:
         model.fit(ds)
-    with _Timer() as t:
+    with Timer() as t:
         learn(model.vae, ds, n_epochs=1, batch_size=params["batch_size"],
               learn_rate=params["learning_rate"], beta=params["beta"], verbose=False,
               device=torch.device("cpu"))
@@ -207,7 +195,7 @@ def ml100k_rows(args, tiny: bool, notes: list[str]) -> list[dict] | None:
         rows = []
         for split in folds:
             model = registry.create(cfg.model_name, cfg.model)
-            with _Timer() as t:
+            with Timer() as t:
                 model.fit(split.train, train_cfg)
             res = evaluate(model, split, eval_cfg)
             rows.append({"fit_s": t.wall, "cpu_s": t.cpu, **{k: res[k] for k in keys}})

@@ -107,6 +107,19 @@ def machine_info() -> dict:
             "platform": platform.platform()}
 
 
+class Timer:
+    """``with Timer() as t:`` -> ``t.wall`` and ``t.cpu`` (process CPU, all threads) seconds."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+        return False
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     """a / b, or None when either is missing or b is 0."""
     if a is None or b is None or b == 0 or not (math.isfinite(a) and math.isfinite(b)):

@@ -285,18 +285,6 @@ class RecVAEModel(ComponentLossModel):
         tf.cond(enc, lambda: self._apply(enc_gv), lambda: self._apply(dec_gv))
         return self.record(losses, step)
 
-    def make_train_function(self, force: bool = False):
-        """Keras' own multi-step train function, not ComponentLossModel's one-trace loop.
-
-        With the step as a nested ``tf.function`` called before and inside the
-        ``steps_per_execution`` loop, this step (two conditionals, the prior's encoder)
-        was not bitwise repeatable: runs differed in the last bit from run to run (also two
-        uninterrupted ones), and the same with ``inter_op_parallelism_threads=1`` or
-        ``steps_per_execution=1`` did not. Keras' loop, with the step inlined in the loop
-        body, is; the cost is the step traced twice per fit.
-        """
-        return tf_keras.Model.make_train_function(self, force)
-
     def _apply(self, grads_and_vars):
         self.optimizer.apply_gradients(grads_and_vars)
         return tf.constant(True)

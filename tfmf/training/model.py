@@ -101,23 +101,24 @@ class ComponentLossModel(tf_keras.Model):
         self._tfmf.first_bad.assign(_NEVER)
 
     def record(self, losses: dict, step) -> dict[str, tf.Tensor]:
-        """Updates the trackers and the divergence marker; returns the logs of this step.
-
-        The marker watches the first component (``loss``; a Gibbs sweep's train ``rmse``).
-        """
-        self.accumulate(losses, step)
+        """Updates the trackers and the divergence marker; returns the logs of this step."""
+        values, bad_at = self.step_values(losses, step)
+        self._add(values, bad_at, 1.0)
         return self.epoch_logs()
 
-    def accumulate(self, losses: dict, step) -> None:
-        """The per-step bookkeeping alone: four small ops (stack, finite check, two updates)."""
-        means = self._tfmf.means
-        values = tf.stack([tf.cast(losses[name], tf.float32) for name in means.names])
-        # The first step whose watched loss is not finite: the minimum over steps of
-        # (step if bad else "never"); "never" is the marker's reset value.
+    def step_values(self, losses: dict, step) -> tuple[tf.Tensor, tf.Tensor]:
+        """(the components stacked in ``loss_components`` order, ``step`` if the watched one
+        is not finite else "never"). The marker watches the first component (``loss``; a
+        Gibbs sweep's train ``rmse``)."""
+        values = tf.stack([tf.cast(losses[name], tf.float32) for name in self._tfmf.means.names])
+        return values, tf.where(tf.math.is_finite(values[0]), _NEVER, tf.cast(step, tf.int64))
+
+    def _add(self, values, bad_at, count) -> None:
+        """Adds ``count`` steps' summed ``values`` to the epoch sums; the marker keeps the first
+        bad step (a minimum: "never" is its reset value)."""
+        self._tfmf.means.update_state(values, count)
         marker = self._tfmf.first_bad
-        bad_at = tf.where(tf.math.is_finite(values[0]), _NEVER, tf.cast(step, tf.int64))
         marker.assign(tf.minimum(marker, bad_at))
-        means.update_state(values)
 
     def epoch_logs(self) -> dict[str, tf.Tensor]:
         """The epoch means so far, keyed by component name (what Keras hands callbacks)."""
@@ -159,16 +160,15 @@ class ComponentLossModel(tf_keras.Model):
             return self.train_function
 
         if type(self).train_step is not ComponentLossModel.train_step:
-            return self._custom_train_function(spe)
-
-        names = self._tfmf.means.names
+            # A subclass's own step runs in Keras' loop (step inlined in the loop body): RecVAE's
+            # step (two conditionals, the prior's encoder) was not bitwise repeatable as a
+            # nested function called before and inside the loop; Keras' loop is.
+            return super().make_train_function(force)
 
         @tf.function(reduce_retracing=True)
         def one_step(iterator):
-            step = tf.cast(self.optimizer.iterations.read_value(), tf.int64)
-            losses = self.minimize_step(next(iterator))
-            values = tf.stack([tf.cast(losses[name], tf.float32) for name in names])
-            return values, tf.where(tf.math.is_finite(values[0]), _NEVER, step)
+            step = self.optimizer.iterations.read_value()
+            return self.step_values(self.minimize_step(next(iterator)), step)
 
         @tf.function(reduce_retracing=True)
         def train_function(iterator):
@@ -179,33 +179,10 @@ class ComponentLossModel(tf_keras.Model):
             for _ in tf.range(n - 1):
                 values, bad_i = one_step(iterator)
                 total, bad = total + values, tf.minimum(bad, bad_i)
-            self._tfmf.means.update_state(total, tf.cast(n, tf.float32))
-            marker = self._tfmf.first_bad
-            marker.assign(tf.minimum(marker, bad))
+            self._add(total, bad, tf.cast(n, tf.float32))
             self._train_counter.assign_add(tf.cast(n, self._train_counter.dtype))
             # The logs once per call, not once per step: they are epoch means anyway.
             return self.epoch_logs()
-
-        self.train_tf_function = self.train_function = train_function
-        return train_function
-
-    def _custom_train_function(self, spe):
-        """The same one-trace loop for a subclass with its own ``train_step`` (its logs are
-        whatever that step returns, so they are taken from the last step of the call)."""
-
-        @tf.function(reduce_retracing=True)
-        def one_step(iterator):
-            logs = self.train_step(next(iterator))
-            with tf.control_dependencies(tf.nest.flatten(logs)):
-                self._train_counter.assign_add(1)
-            return logs
-
-        @tf.function(reduce_retracing=True)
-        def train_function(iterator):
-            logs = one_step(iterator)
-            for _ in tf.range(spe - 1):
-                logs = one_step(iterator)
-            return logs
 
         self.train_tf_function = self.train_function = train_function
         return train_function
