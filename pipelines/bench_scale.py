@@ -12,10 +12,11 @@ spawned process, so its peak RSS (VmHWM) is its own:
 * ``load + convert``: the CSV through the public loader (``load_dataset``: peak RSS per rating
   at the end of the read), then ``tfmf data convert``'s :func:`write_shards` (12 shards).
 * one stage per model, through :func:`tfmf.runner.train` on the shards (``data.source``: the
-  shard directory) and :func:`tfmf.export.export_run`: biased MF (1 epoch) and ALS (3 sweeps)
+  shard directory): biased MF (1 epoch) and ALS (3 sweeps)
   on a 10% rating holdout (RMSE, MAE); iALS (3 sweeps), Mult-VAE (1 epoch) and EASE on the
   positives (ratings >= 4) with 10,000 held-out users (80% fold-in, 20% targets; NDCG@100,
-  Recall@20/50). Each is fitted, evaluated on the held-out part, saved and exported.
+  Recall@20/50). Each is fitted, evaluated on the held-out part and saved, then exported in a
+  second process (:func:`stage_export`, as ``tfmf export`` runs), with its own peak RSS.
 * peers on the same data and split: the ``implicit`` library's ALS (3 iterations, CG) and
   Surprise's SVD (1 epoch). Surprise keeps Python tuples per rating (~300 B/rating): beyond
   ``SURPRISE_MAX`` training ratings it is fitted on the first users' ratings up to that count
@@ -100,7 +101,7 @@ def stage_load_convert(csv: str, shards: str, n_shards: int = 12) -> dict:
 
 
 def stage_model(shards: str, stage: str, out: str, n_users: int, tiny: bool) -> dict:
-    """One model through the public runner (load, split, fit, evaluate, save) and export.
+    """One model through the public runner (load, split, fit, evaluate, save).
 
     ``runner.train`` loads the data itself (as ``tfmf train`` does, so it drops the loaded
     rows once they are split); the stage seconds are its own ``load ... s`` lines.
@@ -115,7 +116,6 @@ def stage_model(shards: str, stage: str, out: str, n_users: int, tiny: bool) -> 
 
     from tfmf import progress, runner
     from tfmf.config import config_from_dict
-    from tfmf.export import export_run
 
     base = _peak_rss()
     cfg = config_from_dict(_raw_config(shards, stage, out, n_users, tiny))
@@ -133,15 +133,27 @@ def stage_model(shards: str, stage: str, out: str, n_users: int, tiny: bool) -> 
     fit_s = float(sum(h.get("seconds", 0.0) for h in result.history))
     with open(os.path.join(run_dir, "metrics.json")) as fh:
         n_train = json.load(fh).get("n_train")
-    t2 = time.perf_counter()
-    export_run(run_dir, os.path.join(run_dir, "export"), k=100)
-    export_s = time.perf_counter() - t2
     return {"rows": n_train, "stage_seconds": stages, "load_seconds": stages.get("load"),
             "fit_seconds": stages.get("fit", fit_s), "epoch_seconds": fit_s,
             "evaluate_seconds": stages.get("evaluate"),
-            "split_fit_eval_save_seconds": train_s, "export_seconds": export_s,
+            "split_fit_eval_save_seconds": train_s,
             "metrics": result.metrics, "idle_rss": base, "peak_rss": _peak_rss(),
             "seconds": time.perf_counter() - t0}
+
+
+def stage_export(run_dir: str) -> dict:
+    """``tfmf export`` of a finished stage's run directory, in its own process as a user runs
+    it (so its peak RSS is the export's, not the training's plus the export's)."""
+    import tfmf  # noqa: F401
+    import tensorflow  # noqa: F401
+
+    from tfmf.export import export_run
+
+    base = _peak_rss()
+    t0 = time.perf_counter()
+    export_run(run_dir, os.path.join(run_dir, "export"), k=100)
+    return {"export_seconds": time.perf_counter() - t0, "export_idle_rss": base,
+            "export_peak_rss": _peak_rss()}
 
 
 def _split(shards: str, stage: str, out: str, n_users: int, tiny: bool):
@@ -271,7 +283,12 @@ def run_scale(args, shape_name: str) -> dict:
     n = done["load"].get("rows") or shape[2]
     for stage in MODELS:
         if want(stage):
-            record(stage, _isolated(stage_model, shards, stage, work, n_users, tiny))
+            r = _isolated(stage_model, shards, stage, work, n_users, tiny)
+            if not r.get("error"):
+                e = _isolated(stage_export, os.path.join(work, stage))
+                r.update({k: v for k, v in e.items() if k != "process_seconds"}
+                         if not e.get("error") else {"error": "export: " + e["error"]})
+            record(stage, r)
     if want("implicit"):
         record("implicit", _isolated(stage_implicit, shards, work, n_users, tiny))
     if want("surprise"):
@@ -295,6 +312,7 @@ def run_scale(args, shape_name: str) -> dict:
                      "seconds": r.get("seconds"), "fit s": r.get("fit_seconds"),
                      "load s": r.get("load_seconds"), "eval s": r.get("evaluate_seconds"),
                      "export s": r.get("export_seconds"), "peak RSS GB": _gb(r.get("peak_rss")),
+                     "export peak RSS GB": _gb(r.get("export_peak_rss")),
                      "rmse": m.get("rmse"), "ndcg@100": m.get("ndcg@100"),
                      "recall@20": m.get("recall@20"), "error": r.get("error")})
     for row in rows:
@@ -316,7 +334,7 @@ def run_scale(args, shape_name: str) -> dict:
                        "peer s": svd["fit_seconds"] if not svd.get("subset") else
                        svd["fit_seconds_per_rating"] * svd["train_rows"],
                        "x_peer": ratio(per_mf, svd["fit_seconds_per_rating"])})
-    peaks = [r.get("peak_rss") or 0 for r in done.values()]
+    peaks = [max(r.get("peak_rss") or 0, r.get("export_peak_rss") or 0) for r in done.values()]
     notes = [f"file: {csv} ({os.path.getsize(csv) / 1e6:.0f} MB, {n:,} rows; generated or "
              f"found in {gen_s:.0f} s); stages in their own spawned processes, peak RSS = "
              "VmHWM of that process (interpreter, TensorFlow and the data included)",

@@ -36,3 +36,29 @@ def test_load_stage_reads_and_converts(tmp_path):
     assert 0 < out["load_peak_rss"] <= out["peak_rss"]
     m = read_manifest(tmp_path / "shards")
     assert m["nnz"] == rows and len(m["shards"]) == 12
+
+
+def test_a_model_stage_then_its_export_in_a_process_of_its_own(tmp_path):
+    """EASE through the runner, then ``stage_export`` (what the suite runs in a second
+    process): a SavedModel whose top-k is the saved model's, with the export's own peak RSS."""
+    import numpy as np
+    import tensorflow as tf
+
+    from pipelines.bench_data import write_ratings_csv
+    from tfmf.runner import load_run
+
+    csv = str(tmp_path / "r.csv")
+    write_ratings_csv(csv, 400, 150, 12_000, seed=2)
+    shards = str(tmp_path / "shards")
+    bench_scale.stage_load_convert(csv, shards)
+    r = bench_scale.stage_model(shards, "ease", str(tmp_path), 400, True)
+    assert r["metrics"]["ndcg@100"] > 0 and "export_seconds" not in r
+    e = bench_scale.stage_export(str(tmp_path / "ease"))
+    assert 0 < e["export_idle_rss"] <= e["export_peak_rss"]
+    run = load_run(str(tmp_path / "ease"))
+    user = int(run.ids["user_ids"][0])
+    served = tf.saved_model.load(str(tmp_path / "ease" / "export"))
+    got = served.signatures["recommend"](users=tf.constant([user], tf.int64))
+    want = run.model.recommend(np.array([0]), k=100)[0]
+    np.testing.assert_array_equal(got["item_ids"].numpy()[0][:5],
+                                  run.ids["item_ids"][np.asarray(want)[0][:5]])

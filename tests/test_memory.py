@@ -111,3 +111,52 @@ def test_dry_run_that_does_not_fit_exits_2_with_the_key():
     assert "NO" in r.stdout
     assert "EASE item x item matrices" in r.stderr and "14.9 GB" in r.stderr
     assert "data.min_item_interactions" in r.stderr and "3.0 GB are available" in r.stderr
+
+
+_MAPPED_PROBE = r"""
+import ctypes, sys
+import numpy as np
+from tfmf import memory
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+mapped = lambda: libc.mallinfo2().hblkhd
+MB = 1 << 20
+big = np.ones(24 * MB, np.uint8)  # freeing a 24 MB mapped block raises glibc's threshold
+del big
+held = []  # kept: a freed chunk would be reused whatever the threshold
+
+
+def grow(label):
+    base = mapped()
+    held.append(np.ones(2 * MB, np.uint8))
+    print(label, mapped() - base)
+
+
+grow("before")
+with memory.large_blocks_unmapped():
+    grow("inside")
+grow("after")
+"""
+
+
+def test_large_blocks_get_their_own_mapping_only_while_data_is_built():
+    """Inside ``large_blocks_unmapped`` a new 2 MB array is its own mapping (freed to the OS at
+    once) even after glibc's dynamic threshold rose; before and after, it comes from the heap.
+    In a fresh process: the allocator's state is process-wide."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("needs glibc >= 2.33")
+    out = subprocess.run([sys.executable, "-c", _MAPPED_PROBE], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    got = dict(zip(out[::2], map(int, out[1::2])))
+    assert got["before"] == 0
+    assert got["inside"] >= 2 << 20
+    assert got["after"] == 0

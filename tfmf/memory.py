@@ -15,6 +15,7 @@ per-model estimates are keyed by registry name in :data:`MODEL_ESTIMATES` (one p
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from tfmf.errors import MemoryBudgetError
@@ -141,3 +142,59 @@ def vae_bytes(n_items: int, dims: list[int], batch_size: int) -> int:
     tables = 4 * 4 * 2 * n_items * (dims[0] + 1)
     blocks = 4 * 4 * batch_size * n_items
     return int(tables + blocks)
+
+
+
+
+# glibc's mallopt parameters (malloc.h) and its ceiling for the dynamic mmap threshold (64-bit).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+#: Blocks at least this large get their own mapping while data is built (the ALS solver's
+#: row blocks are 2 MB arrays).
+UNMAP_THRESHOLD = 1 << 20
+_LIBC = None
+_depth = 0
+
+
+def _mallopt(param: int, value: int) -> bool:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        except (OSError, AttributeError):
+            _LIBC = False
+    return bool(_LIBC) and _LIBC.mallopt(param, int(value)) == 1
+
+
+@contextlib.contextmanager
+def large_blocks_unmapped(threshold: int = UNMAP_THRESHOLD):
+    """Inside: every heap block of ``threshold`` bytes or more gets its own mapping, returned to
+    the OS when freed (glibc ``mallopt(M_MMAP_THRESHOLD)``, process-wide; a no-op off glibc).
+
+    Why: glibc raises its mmap threshold after a large block is freed (up to 32 MB), so later
+    arrays below that size are carved from arena heaps between blocks still in use. Building a
+    rank's data (decoding shards, splitting, the seen CSR, the alltoall of columns, the solver's
+    row blocks) makes and drops such arrays in an order that depends on thread timing, and the
+    arenas' holes set the peak: the same iALS rank measured 0.35-0.44 GB of data RSS from run
+    to run, and 0.327 GB in every run with the threshold fixed (docs/profiles/rank_memory.txt).
+
+    On leaving, the thresholds are fixed where glibc's dynamic rule ends up after a large free
+    (mmap 32 MB, trim 64 MB) rather than at 1 MB: training steps allocate and free MB-sized
+    tensors every step, and mapping each afresh cost Mult-VAE's ML-100K fit ~20% (measured).
+    """
+    global _depth
+    if _depth == 0 and not _mallopt(_M_MMAP_THRESHOLD, threshold):
+        yield
+        return
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            _mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
+            _mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfmf import distributed, progress, registry
+from tfmf import distributed, memory, progress, registry
 from tfmf.config import RunConfig
 from tfmf.data.interactions import InteractionData
 from tfmf.rundir import RunDir
@@ -90,20 +90,22 @@ def load_data(cfg: RunConfig, per_rank: bool = False) -> InteractionData:
     from tfmf.data.loading import load_dataset, run_timestamps
 
     ts = run_timestamps(cfg.data)
-    if per_rank and reads_per_rank(cfg):
-        distributed.init()
-        return load_dataset(cfg.data, distributed.rank(), distributed.size(), timestamps=ts)
-    return load_dataset(cfg.data, timestamps=ts)
+    with memory.large_blocks_unmapped():
+        if per_rank and reads_per_rank(cfg):
+            distributed.init()
+            return load_dataset(cfg.data, distributed.rank(), distributed.size(), timestamps=ts)
+        return load_dataset(cfg.data, timestamps=ts)
 
 
 def _rank_fit_part(cfg: RunConfig, data: InteractionData):
     """(fold, fit part, validation, test) of ``data`` as :func:`train` splits it."""
     from tfmf.data.splits import carve_validation
 
-    fold = first_split(cfg, data)
-    fit_part, validation, test = carve_validation(
-        fold, fraction=cfg.train.validation_fraction, users=cfg.data.split.validation_users,
-        fold_in_fraction=cfg.data.split.fold_in_fraction, seed=cfg.data.split.seed)
+    with memory.large_blocks_unmapped():
+        fold = first_split(cfg, data)
+        fit_part, validation, test = carve_validation(
+            fold, fraction=cfg.train.validation_fraction, users=cfg.data.split.validation_users,
+            fold_in_fraction=cfg.data.split.fold_in_fraction, seed=cfg.data.split.seed)
     return fold, fit_part, validation, test
 
 

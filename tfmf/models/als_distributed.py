@@ -121,11 +121,25 @@ class Group:
             if k == 0:
                 del row_of
         del own
-        out = sp.csr_matrix((got[2].astype(np.float32, copy=False),
-                             (got[1].astype(np.int32, copy=False) - i0, got[0])),
-                            shape=(i1 - i0, n_users), dtype=np.float32)
+        # Rank q's entries arrive in rank order, each rank's in its CSR order, and ranks own
+        # ascending user blocks: they are sorted by (user, item), i.e. already the CSR of
+        # [n_users, own items]. Its transpose-conversion is the one copy made (no COO sort,
+        # and the user column is dropped before it).
+        rows, cols, vals = got
         del got
-        out.sort_indices()
+        indptr = np.zeros(n_users + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=n_users), out=indptr[1:])
+        del rows
+        cols = cols.astype(np.int32, copy=False)
+        if cols.flags.writeable:
+            cols -= np.int32(i0)
+        else:
+            cols = cols - np.int32(i0)
+        by_user = sp.csr_matrix((vals.astype(np.float32, copy=False), cols, indptr),
+                                shape=(n_users, i1 - i0), copy=False)
+        del cols, vals, indptr
+        out = by_user.T.tocsr()  # CSC -> CSR: row-sorted indices
+        del by_user
         return out
 
     def allgather_rows(self, x: tf.Tensor, name: str) -> tf.Tensor:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
+from tfmf import memory
 from tfmf.data.interactions import InteractionData
 
 
@@ -79,7 +80,8 @@ class Recommender(abc.ABC):
 
     def _remember_training_data(self, train: InteractionData) -> None:
         self.n_users, self.n_items = train.n_users, train.n_items
-        self._seen = train.to_csr()
+        with memory.large_blocks_unmapped():
+            self._seen = train.to_csr()
 
     # ------------------------------------------------------------------ inference
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
