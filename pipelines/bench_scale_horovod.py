@@ -63,7 +63,7 @@ def data_worker(shards: str, stage: str, out: str, n_users: int) -> None:
     import tensorflow  # noqa: F401
 
     from pipelines.bench_scale import _raw_config
-    from tfmf import distributed, registry, runner
+    from tfmf import distributed, runner
     from tfmf.config import config_from_dict
 
     import pyarrow.parquet  # noqa: F401  (the readers' imports belong to "idle")
@@ -74,17 +74,10 @@ def data_worker(shards: str, stage: str, out: str, n_users: int) -> None:
     # collective: part of "idle", like TensorFlow's, not of the data.
     distributed.barrier()
     idle = _peak_rss()
-    raw = _raw_config(shards, stage, out, n_users, False)
-    cfg = config_from_dict(raw)
+    cfg = config_from_dict(_raw_config(shards, stage, out, n_users, False))
     t0 = time.perf_counter()
-    data = runner.load_data(cfg, per_rank=True)
-    _, fit_part, _, _ = runner._rank_fit_part(cfg, data)
-    data = runner._ids_only(data)  # as runner.train does once the data is split
-    model = registry.create(cfg.model_name, cfg.model)
-    model._remember_training_data(fit_part)
-    solver = model._solver(model._seen, 0.0, fit_part.partition is not None)
-    held = int(sum(len(b.cols) for b in solver.users.blocks)
-               + sum(len(b.cols) for b in solver.items.blocks))
+    solver = build_rank_data(cfg)
+    held = held_entries(solver)
     rec = {"rank": distributed.rank(), "size": distributed.size(), "idle_rss": idle,
            "peak_rss": _peak_rss(), "seconds": time.perf_counter() - t0,
            "per_rank": runner.reads_per_rank(cfg), "held_entries": held,
@@ -92,6 +85,31 @@ def data_worker(shards: str, stage: str, out: str, n_users: int) -> None:
     with open(os.path.join(out, f"data-{stage}-np{distributed.size()}-rank{distributed.rank()}"
                                 ".json"), "w") as fh:
         json.dump(rec, fh)
+
+
+def build_rank_data(cfg, phase=lambda label: None):
+    """What a rank holds to train, built as ``runner.train`` and the model's fit build it:
+    this rank's rows (load), its split, the model's seen CSR and the ALS solver's row blocks.
+    ``phase(label)`` is called before each step (the memory profiler's hook). Returns the
+    solver."""
+    from tfmf import registry, runner
+
+    phase("load (read_shards)")
+    data = runner.load_data(cfg, per_rank=True)
+    phase("split")
+    _, fit_part, _, _ = runner._rank_fit_part(cfg, data)
+    data = runner._ids_only(data)  # as runner.train does once the data is split
+    phase("seen CSR")
+    model = registry.create(cfg.model_name, cfg.model)
+    model._remember_training_data(fit_part)
+    phase("solver: other")
+    return model._solver(model._seen, 0.0, fit_part.partition is not None)
+
+
+def held_entries(solver) -> int:
+    """Entries of the training matrix in this rank's row blocks (its users' rows and its
+    items' columns)."""
+    return int(sum(len(b.cols) for side in (solver.users, solver.items) for b in side.blocks))
 
 
 def _launch(np_: int, shards: str, stage: str, out: str, n_users: int,

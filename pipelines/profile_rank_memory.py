@@ -75,7 +75,8 @@ def main(shards: str, stage: str, out: str, n_users: int) -> None:
     import scipy.sparse  # noqa: F401
 
     from pipelines.bench_scale import _raw_config
-    from tfmf import distributed, registry, runner
+    from pipelines.bench_scale_horovod import build_rank_data, held_entries
+    from tfmf import distributed
     from tfmf.config import config_from_dict
     from tfmf.models import als, als_distributed
 
@@ -87,22 +88,12 @@ def main(shards: str, stage: str, out: str, n_users: int) -> None:
     _wrap(als, "row_regularization", s, "solver: row penalties")
     _wrap(als, "_Side", s, "solver: row blocks (_Side)")
     cfg = config_from_dict(_raw_config(shards, stage, out, n_users, False))
-    s.phase("load (read_shards)")
-    data = runner.load_data(cfg, per_rank=True)
-    s.phase("split")
-    _, fit_part, _, _ = runner._rank_fit_part(cfg, data)
-    data = runner._ids_only(data)
-    s.phase("seen CSR")
-    model = registry.create(cfg.model_name, cfg.model)
-    model._remember_training_data(fit_part)
-    s.phase("solver: other")
-    solver = model._solver(model._seen, 0.0, fit_part.partition is not None)
+    solver = build_rank_data(cfg, s.phase)
     peaks = s.stop()
     idle = peaks.pop("idle")
     rec = {"rank": distributed.rank(), "size": distributed.size(), "idle_rss": idle,
            "above_idle_by_phase": {k: v - idle for k, v in peaks.items()},
-           "entries": int(sum(len(b.cols) for b in solver.users.blocks)
-                          + sum(len(b.cols) for b in solver.items.blocks))}
+           "entries": held_entries(solver)}
     print(json.dumps(rec), flush=True)
 
 

@@ -144,8 +144,6 @@ def vae_bytes(n_items: int, dims: list[int], batch_size: int) -> int:
     return int(tables + blocks)
 
 
-
-
 # glibc's mallopt parameters (malloc.h) and its ceiling for the dynamic mmap threshold (64-bit).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 << 20

@@ -84,28 +84,28 @@ def reads_per_rank(cfg: RunConfig) -> bool:
             and cls.make_dataset is not KerasRecommender.make_dataset)
 
 
+@memory.large_blocks_unmapped()
 def load_data(cfg: RunConfig, per_rank: bool = False) -> InteractionData:
     """``cfg.data`` loaded; with ``per_rank`` (and :func:`reads_per_rank`), only this rank's
     shards (``data.partition`` says so; indices and id maps stay global)."""
     from tfmf.data.loading import load_dataset, run_timestamps
 
     ts = run_timestamps(cfg.data)
-    with memory.large_blocks_unmapped():
-        if per_rank and reads_per_rank(cfg):
-            distributed.init()
-            return load_dataset(cfg.data, distributed.rank(), distributed.size(), timestamps=ts)
-        return load_dataset(cfg.data, timestamps=ts)
+    if per_rank and reads_per_rank(cfg):
+        distributed.init()
+        return load_dataset(cfg.data, distributed.rank(), distributed.size(), timestamps=ts)
+    return load_dataset(cfg.data, timestamps=ts)
 
 
+@memory.large_blocks_unmapped()
 def _rank_fit_part(cfg: RunConfig, data: InteractionData):
     """(fold, fit part, validation, test) of ``data`` as :func:`train` splits it."""
     from tfmf.data.splits import carve_validation
 
-    with memory.large_blocks_unmapped():
-        fold = first_split(cfg, data)
-        fit_part, validation, test = carve_validation(
-            fold, fraction=cfg.train.validation_fraction, users=cfg.data.split.validation_users,
-            fold_in_fraction=cfg.data.split.fold_in_fraction, seed=cfg.data.split.seed)
+    fold = first_split(cfg, data)
+    fit_part, validation, test = carve_validation(
+        fold, fraction=cfg.train.validation_fraction, users=cfg.data.split.validation_users,
+        fold_in_fraction=cfg.data.split.fold_in_fraction, seed=cfg.data.split.seed)
     return fold, fit_part, validation, test
 
 

@@ -206,6 +206,27 @@ def _ids(table) -> np.ndarray:
     return ids.astype(str) if ids.dtype == object else ids
 
 
+@contextlib.contextmanager
+def _malloc_pool():
+    """Arrow allocations through malloc while the shards are decoded.
+
+    Arrow's default allocator (mimalloc) keeps freed decode buffers mapped for reuse: after a
+    read they sat under every later allocation of the process, a part of a rank's data RSS
+    that did not shrink with its rows (docs/profiles/rank_memory.txt). glibc unmaps large
+    freed blocks at once, and decoding through it measured faster here, too.
+    """
+    import pyarrow as pa
+
+    prev = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(prev)
+        prev.release_unused()
+
+
+@_malloc_pool()
 def read_shards(path: str | os.PathLike, rank: int = 0, size: int = 1, *,
                 min_rating: float | None = None, timestamps: bool = True) -> InteractionData:
     """This rank's interactions of a converted dataset, in the global id space.
@@ -227,31 +248,6 @@ def read_shards(path: str | os.PathLike, rank: int = 0, size: int = 1, *,
     Raises:
       DataError: naming the manifest or shard file that is missing, changed or corrupt.
     """
-    with _malloc_pool():
-        return _read_shards(path, rank, size, min_rating, timestamps)
-
-
-@contextlib.contextmanager
-def _malloc_pool():
-    """Arrow allocations through malloc while the shards are decoded.
-
-    Arrow's default allocator (mimalloc) keeps freed decode buffers mapped for reuse: after a
-    read they sat under every later allocation of the process, a part of a rank's data RSS
-    that did not shrink with its rows (docs/profiles/rank_memory.txt). glibc unmaps large
-    freed blocks at once, and decoding through it measured faster here, too.
-    """
-    import pyarrow as pa
-
-    prev = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(prev)
-        prev.release_unused()
-
-
-def _read_shards(path, rank: int, size: int, min_rating, timestamps: bool) -> InteractionData:
     root = _dir_of(os.fspath(path))
     m = read_manifest(root)
     mine = shards_for_rank(len(m["shards"]), rank, size)

@@ -555,6 +555,7 @@ class ALSSolver:
         by alltoall, and ``nnz`` is summed over ranks (:mod:`tfmf.models.als_distributed`).
     """
 
+    @memory.large_blocks_unmapped()  # the sides' row blocks are built here
     def __init__(self, train: sp.csr_matrix, *, regularization: float, weighted_lambda: bool,
                  alpha: float | None = None, biased: bool = False, mu: float = 0.0,
                  chunk_size: int = 1024, solver: str = "cholesky", cg_steps: int = 3,
@@ -567,41 +568,38 @@ class ALSSolver:
 
         self.dist = dist.Group.current() if distributed is None else dist.Group.make(
             distributed)
-        with memory.large_blocks_unmapped():
-            train = sp.csr_matrix(train, dtype=np.float32)
-            train.sort_indices()
-            self.n_users, self.n_items = train.shape
-            self.nnz = train.nnz
-            self.alpha, self.biased, self.mu = alpha, biased, float(mu)
-            self.solver, self.cg_steps = solver, cg_steps
-            self._reg, self._weighted = regularization, weighted_lambda
-            self._chunk_size = chunk_size
-            local = local_rows and self.dist.size > 1
-            item_counts = np.bincount(train.indices, minlength=self.n_items)
-            if local:
-                u0, u1 = self.dist.local_user_range(np.asarray(train.indptr))
-                item_counts = np.rint(self.dist.allreduce_sum(
-                    tf.constant(item_counts, tf.float64), "als_item_counts").numpy()
-                ).astype(np.int64)
-                self.nnz = int(item_counts.sum())
-            else:
-                u0, u1 = self.dist.own_range(np.asarray(train.indptr))
-            item_ranges = self.dist.ranges(np.concatenate([[0], np.cumsum(item_counts)]))
-            i0, i1 = item_ranges[self.dist.rank]
-            users = _row_view(train, u0, u1) if self.dist.size > 1 else train
-            # This rank's items' columns as rows; the full matrix is not kept (caller's copy).
-            if local:
-                items = self.dist.exchange_columns(train, item_ranges)
-            else:
-                items = (train[:, i0:i1] if self.dist.size > 1 else train).T.tocsr()
-            del train
-            users.sort_indices()
-            items.sort_indices()
-            chunks = chunk_size if solver == "cholesky" else None
-            self.users = _Side(users, u0, u1, row_regularization(users, regularization,
-                                                                 weighted_lambda, alpha), chunks)
-            self.items = _Side(items, i0, i1, row_regularization(items, regularization,
-                                                                 weighted_lambda, alpha), chunks)
+        train = sp.csr_matrix(train, dtype=np.float32)
+        train.sort_indices()
+        self.n_users, self.n_items = train.shape
+        self.nnz = train.nnz
+        self.alpha, self.biased, self.mu = alpha, biased, float(mu)
+        self.solver, self.cg_steps = solver, cg_steps
+        self._reg, self._weighted, self._chunk_size = regularization, weighted_lambda, chunk_size
+        local = local_rows and self.dist.size > 1
+        item_counts = np.bincount(train.indices, minlength=self.n_items)
+        if local:
+            u0, u1 = self.dist.local_user_range(np.asarray(train.indptr))
+            item_counts = np.rint(self.dist.allreduce_sum(
+                tf.constant(item_counts, tf.float64), "als_item_counts").numpy()).astype(np.int64)
+            self.nnz = int(item_counts.sum())
+        else:
+            u0, u1 = self.dist.own_range(np.asarray(train.indptr))
+        item_ranges = self.dist.ranges(np.concatenate([[0], np.cumsum(item_counts)]))
+        i0, i1 = item_ranges[self.dist.rank]
+        users = _row_view(train, u0, u1) if self.dist.size > 1 else train
+        # This rank's items' columns as rows; the full matrix is not kept (caller's copy).
+        if local:
+            items = self.dist.exchange_columns(train, item_ranges)
+        else:
+            items = (train[:, i0:i1] if self.dist.size > 1 else train).T.tocsr()
+        del train
+        users.sort_indices()
+        items.sort_indices()
+        chunks = chunk_size if solver == "cholesky" else None
+        self.users = _Side(users, u0, u1, row_regularization(users, regularization,
+                                                             weighted_lambda, alpha), chunks)
+        self.items = _Side(items, i0, i1, row_regularization(items, regularization,
+                                                             weighted_lambda, alpha), chunks)
         self._loss_cache = None
         self._synced: set[str] = set()
 

@@ -78,10 +78,10 @@ class Recommender(abc.ABC):
         return validation_metrics(self, validation,
                                   batch_size=getattr(self.config, "eval_batch_size", 1024))
 
+    @memory.large_blocks_unmapped()
     def _remember_training_data(self, train: InteractionData) -> None:
         self.n_users, self.n_items = train.n_users, train.n_items
-        with memory.large_blocks_unmapped():
-            self._seen = train.to_csr()
+        self._seen = train.to_csr()
 
     # ------------------------------------------------------------------ inference
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
